@@ -1,0 +1,1 @@
+"""INT8/FP8 calibration data and quantized engine builds."""

@@ -1,0 +1,1 @@
+"""Stage wrappers, ONNX export, engine builders (ORT, AOTInductor, TensorRT) and the manifest."""

@@ -1,0 +1,55 @@
+"""The static KV cache: fixed-capacity tensors plus a length, and the append that happens outside steps.
+
+Layout: k, v [n_layers, B, Hkv, capacity, D] with capacity = cache_units * tokens_per_unit, and
+length [B] int64 = number of valid slots (always a prefix of the capacity). Unit j is written to slot
+`cache_slot(j)`: the first `sink_units` units stay forever, later ones go round a ring of
+`window_units` slots. Keys are stored with RoPE applied at their absolute position, so the order of the
+slots does not matter to attention and the ring needs no re-rotation.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .config import Preset
+
+
+class KVCache(NamedTuple):
+    k: torch.Tensor  # [n_layers, B, Hkv, capacity, D]
+    v: torch.Tensor  # [n_layers, B, Hkv, capacity, D]
+    length: torch.Tensor  # [B] int64, valid slots
+
+
+def init_cache(p: Preset, batch: int, dtype: torch.dtype = torch.float32,
+               device: torch.device | str = "cpu") -> KVCache:
+    """The empty cache of a session (zeros, length 0)."""
+    shape = (p.n_layers, batch, p.n_kv_heads, p.cache_capacity, p.head_dim)
+    return KVCache(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device),
+                   torch.zeros(batch, dtype=torch.int64, device=device))
+
+
+def cache_slot(p: Preset, unit_index: int) -> int:
+    """Unit slot (0 .. cache_units - 1) that unit `unit_index` is written to."""
+    if unit_index < p.cache_units:
+        return unit_index
+    return p.sink_units + (unit_index - p.sink_units) % p.window_units
+
+
+def append_unit(p: Preset, cache: KVCache, k_delta: torch.Tensor, v_delta: torch.Tensor,
+                unit_index: int) -> KVCache:
+    """Write one unit's delta ([n_layers, B, Hkv, T, D] each) into the cache in place; returns the cache."""
+    t = p.tokens_per_unit
+    if k_delta.shape[-2] != t or v_delta.shape != k_delta.shape:
+        raise ValueError(f"KV delta must be [n_layers, B, Hkv, {t}, D]; got {tuple(k_delta.shape)} "
+                         f"and {tuple(v_delta.shape)}")
+    start = cache_slot(p, unit_index) * t
+    cache.k[..., start:start + t, :] = k_delta
+    cache.v[..., start:start + t, :] = v_delta
+    cache.length.fill_(min(unit_index + 1, p.cache_units) * t)
+    return cache
+
+
+def valid_key_mask(length: torch.Tensor, capacity: int) -> torch.Tensor:
+    """length [B] -> bool [B, 1, 1, capacity], True on valid cache slots."""
+    return (torch.arange(capacity, device=length.device)[None, :] < length[:, None])[:, None, None, :]

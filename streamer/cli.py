@@ -1,0 +1,186 @@
+"""`streamer`: the deployment engineer's command line.
+
+    streamer run       stream a clip (synthetic or WAV+MP4) through a session, write out.wav/out.mp4
+    streamer presets   the presets' sizes and parameter counts
+    streamer init-weights   a seeded random weights file for a preset (safetensors)
+
+Heavy imports (torch, model_src) happen inside the commands, so `streamer --help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .units import InputError
+
+console = Console(stderr=True)  # progress and messages
+out = Console(width=None if sys.stdout.isatty() else 160)  # tables (not squeezed to 80 columns in a pipe)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except (InputError, ValueError, FileNotFoundError) as e:  # user-facing errors: no traceback
+        console.print(f"[bold red]error:[/] {e}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamer", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    run = sub.add_parser("run", help="stream a clip through a session and write the output")
+    run.add_argument("--preset", default=None, help="tiny | small | base | large (default: the weights' preset, else tiny)")
+    run.add_argument("--backend", default="torch", choices=["torch"], help="execution backend (default: torch)")
+    run.add_argument("--weights", type=Path, help="safetensors weights (default: seeded random weights)")
+    run.add_argument("--input", default="synthetic", help="'synthetic' or 'AUDIO.wav+VIDEO.mp4' (24 kHz mono, 25 fps)")
+    run.add_argument("--units", type=int, default=None, help="units of 160 ms to stream (default: 50 synthetic, all of a file)")
+    run.add_argument("--seed", type=int, default=0, help="seed of random weights, synthetic input and solver noise")
+    run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--out", type=Path, required=True, help="output folder")
+    run.set_defaults(func=cmd_run)
+
+    presets = sub.add_parser("presets", help="list the presets with their sizes and parameter counts")
+    presets.set_defaults(func=cmd_presets)
+
+    init = sub.add_parser("init-weights", help="write seeded random weights for a preset")
+    init.add_argument("--preset", default="tiny")
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--out", type=Path, required=True, help="output .safetensors file")
+    init.set_defaults(func=cmd_init_weights)
+    return parser
+
+
+def _load_system(preset_name: str | None, weights: Path | None, seed: int):
+    from model_src.config import get_preset
+    from model_src.system import build_system
+    from model_src.weights import load_weights, read_preset
+
+    if weights is not None:
+        preset = read_preset(weights)
+        if preset_name is not None and preset_name != preset.name:
+            raise ValueError(f"weights file {weights} was made for preset {preset.name!r}, "
+                             f"but --preset {preset_name} was given")
+        system = build_system(preset, seed=seed)
+        load_weights(system, preset, weights)
+        return system
+    return build_system(get_preset(preset_name or "tiny"), seed=seed)
+
+
+def _read_input(spec: str, preset, units: int | None, seed: int):
+    from .media import read_video, read_wav, split_units, synthetic_input
+
+    if spec == "synthetic":
+        audio, frames = synthetic_input(preset, units or 50, seed)
+    elif "+" in spec:
+        wav, video = spec.split("+", 1)
+        audio = read_wav(wav, preset.sample_rate)
+        frames = read_video(video, preset.fps, preset.frame_height, preset.frame_width)
+    else:
+        raise InputError(f"--input: expected 'synthetic' or 'AUDIO.wav+VIDEO.mp4', got {spec!r}")
+    return split_units(audio, frames, preset, units)
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+    import torch
+    from rich.progress import Progress
+
+    from model_src.session import ReferenceSession
+
+    from .media import write_video, write_wav
+    from .timing import summarize
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    system = _load_system(args.preset, args.weights, args.seed)
+    p = system.preset
+    units = _read_input(args.input, p, args.units, args.seed)
+    session = ReferenceSession(system, seed=args.seed)
+    audio_out, frames_out, texts, rows = [], [], [], []
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"streaming {len(units)} units ({p.name}, {args.backend})", total=len(units))
+        for audio, frames in units:
+            r = session.step(audio, frames)
+            if r.audio is not None:
+                audio_out.append(r.audio)
+                frames_out.append(r.frames)
+            texts.append({"unit": r.unit_index, "tokens": r.text_tokens.tolist()})
+            rows.append(r.timings_ms)
+            bar.advance(task)
+    last_audio, last_frames = session.flush()
+    audio_out.append(last_audio)
+    frames_out.append(last_frames)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_wav(args.out / "out.wav", np.concatenate(audio_out), p.sample_rate)
+    write_video(args.out / "out.mp4", np.concatenate(frames_out), p.fps)
+    (args.out / "text.json").write_text(json.dumps(texts, indent=0))
+    with open(args.out / "timings.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["unit", *rows[0]])
+        writer.writeheader()
+        for k, row in enumerate(rows):
+            writer.writerow({"unit": k, **{s: f"{v:.3f}" for s, v in row.items()}})
+    _print_timings(summarize(rows), p.unit_ms, len(rows))
+    console.print(f"wrote {args.out}/out.wav, out.mp4, text.json, timings.csv")
+    return 0
+
+
+def _print_timings(summary: dict, unit_ms: float, n_units: int) -> None:
+    table = Table(title=f"per-unit time over {n_units} units (ms)")
+    for col in ("stage", "p50", "p90", "p99", "max", "mean"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for stage, s in summary.items():
+        table.add_row(stage, *(f"{s[c]:.2f}" for c in ("p50", "p90", "p99", "max", "mean")))
+    out.print(table)
+    rtf = summary["total"]["mean"] / unit_ms
+    out.print(f"real-time factor {rtf:.3f} (mean unit time / {unit_ms:g} ms; below 1 keeps up)")
+
+
+def cmd_presets(args) -> int:
+    from model_src.config import PRESETS
+    from model_src.model import parameter_count
+    from model_src.system import build_system
+
+    table = Table(title="presets")
+    for col in ("preset", "layers", "hidden", "heads q/kv", "frame", "tokens/unit", "flow tokens",
+                "cache (units / tokens)", "parameters"):
+        table.add_column(col, justify="right")
+    for name, p in PRESETS.items():
+        n = parameter_count(build_system(p, device="meta"))
+        table.add_row(name, str(p.n_layers), str(p.hidden), f"{p.n_heads}/{p.n_kv_heads}",
+                      f"{p.frame_height}x{p.frame_width}", str(p.tokens_per_unit), str(p.flow_tokens),
+                      f"{p.cache_units} / {p.cache_capacity}", f"{n:,}")
+    out.print(table)
+    return 0
+
+
+def cmd_init_weights(args) -> int:
+    from model_src.config import get_preset
+    from model_src.system import build_system
+    from model_src.weights import save_weights
+
+    p = get_preset(args.preset)
+    save_weights(build_system(p, seed=args.seed), p, args.out)
+    console.print(f"wrote {args.out} (preset {p.name}, seed {args.seed})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Per-stage wall-clock timing of one unit, and summaries over a session."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+
+
+class StageTimer:
+    """`with timer("stage"): ...` records milliseconds per stage; `.ms` gives them plus "total" (so far)."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @property
+    def ms(self) -> dict[str, float]:
+        return {**self.stages, "total": 1000.0 * (time.perf_counter() - self._start)}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[stage] = self.stages.get(stage, 0.0) + 1000.0 * (time.perf_counter() - t0)
+
+
+def summarize(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per-unit timing rows -> {stage: {"p50", "p90", "p99", "max", "mean"}} in milliseconds."""
+    out = {}
+    for stage in rows[0] if rows else []:
+        x = np.array([r[stage] for r in rows])
+        out[stage] = {"p50": float(np.percentile(x, 50)), "p90": float(np.percentile(x, 90)),
+                      "p99": float(np.percentile(x, 99)), "max": float(x.max()), "mean": float(x.mean())}
+    return out

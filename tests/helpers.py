@@ -1,0 +1,20 @@
+"""Shared test helpers (imported by the tests; pytest puts tests/ on sys.path)."""
+import torch
+
+
+def random_units(p, batch: int, units: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random per-unit model inputs with a unit axis: the arguments of `AVModel.forward_offline`."""
+    g = torch.Generator().manual_seed(seed)
+    a, h, w = p.audio_frames_per_unit, p.latent_height, p.latent_width
+    return {
+        "text_in": torch.randint(0, p.vocab_size, (batch, units, p.text_in_tokens), generator=g),
+        "video_in": torch.randn(batch, units, p.video_z, h, w, generator=g),
+        "audio_in": torch.randn(batch, units, a, p.audio_z, generator=g),
+        "audio_prev": torch.randn(batch, units, a, p.audio_z, generator=g),
+        "video_prev": torch.randn(batch, units, p.video_z, h, w, generator=g),
+    }
+
+
+def unit(inputs: dict[str, torch.Tensor], k: int) -> tuple[torch.Tensor, ...]:
+    """The thinker_step arguments of unit k, in order."""
+    return tuple(inputs[n][:, k] for n in ("text_in", "video_in", "audio_in", "audio_prev", "video_prev"))

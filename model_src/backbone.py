@@ -6,6 +6,8 @@ the keys computed earlier in the same unit) and returns the block's new keys/val
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -39,17 +41,19 @@ class SelfAttention(nn.Module):
         self.q_norm = RMSNorm(p.head_dim, p.rms_eps)
         self.k_norm = RMSNorm(p.head_dim, p.rms_eps)
 
-    def forward(self, x, cos, sin, past_k, past_v, mask):
-        """x [B, L, H]; cos/sin [B, 1, L, D]; past_k/v [B, Hkv, P, D]; mask [B|1, 1, L, P + L].
+    def forward(self, x, cos, sin, ctx: "KeyContext"):
+        """x [B, L, H]; cos/sin [B, 1, L, D]; ctx: this layer's cache and local keys (see `attend`).
 
-        Returns (out [B, L, H], k_new [B, Hkv, L, D] (RoPE applied), v_new [B, Hkv, L, D]).
+        Returns (out [B, L, H], k_new [B, Hkv, L, D] (RoPE applied), v_new [B, Hkv, L, D]); the block
+        attends to the cache, to ctx's local keys and to its own new keys (local_mask covers both).
         """
         b, n, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(b, n, self.n_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(b, n, self.n_kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(b, n, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = attend(q, torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2), mask)
+        local_k, local_v = torch.cat([ctx.local_k, k], dim=2), torch.cat([ctx.local_v, v], dim=2)
+        out = attend(q, ctx.cache_k, ctx.cache_v, ctx.cache_valid, local_k, local_v, ctx.local_mask)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1)), k, v
 
 
@@ -72,9 +76,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(p.hidden, p.rms_eps)
         self.post_attention_layernorm = RMSNorm(p.hidden, p.rms_eps)
 
-    def forward(self, x, cos, sin, past_k, past_v, mask):
+    def forward(self, x, cos, sin, ctx: "KeyContext"):
         """Same arguments as SelfAttention.forward; returns (x [B, L, H], k_new, v_new)."""
-        h, k, v = self.self_attn(self.input_layernorm(x), cos, sin, past_k, past_v, mask)
+        h, k, v = self.self_attn(self.input_layernorm(x), cos, sin, ctx)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), k, v
 
@@ -98,22 +102,20 @@ class Backbone(nn.Module):
         """positions [B, L] int64 -> (cos, sin) [B, 1, L, D] float32."""
         return rope_cos_sin(positions, self.rope_inv_freq, self.rope_coarse)
 
-    def empty_past(self, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer an empty (k, v) pair [B, Hkv, 0, D]: for a forward with no cache."""
+    def empty_kv(self, batch: int) -> torch.Tensor:
+        """Zero-length keys for every layer, [n_layers, B, Hkv, 0, D]: "no cache" / "no local keys"."""
         attn = self.layers[0].self_attn
-        w = self.embed_tokens.weight
-        empty = w.new_zeros(batch, attn.n_kv_heads, 0, attn.head_dim)
-        return [(empty, empty)] * len(self.layers)
+        return self.embed_tokens.weight.new_zeros(len(self.layers), batch, attn.n_kv_heads, 0, attn.head_dim)
 
-    def run_layers(self, x, cos, sin, past, mask):
+    def run_layers(self, x, cos, sin, ctx: "KeyContext"):
         """Run every layer on a block of tokens.
 
-        x [B, L, H]; past: per layer a (k, v) pair [B, Hkv, P, D] (P may be 0); mask [B|1, 1, L, P + L].
+        x [B, L, H]; ctx holds per-layer stacks [n_layers, B, Hkv, *, D] of cache and local keys.
         Returns (x [B, L, H] before the final norm, k_new [n_layers, B, Hkv, L, D], v_new likewise).
         """
         ks, vs = [], []
-        for layer, (pk, pv) in zip(self.layers, past):
-            x, k, v = layer(x, cos, sin, pk, pv, mask)
+        for i, layer in enumerate(self.layers):
+            x, k, v = layer(x, cos, sin, ctx.layer(i))
             ks.append(k)
             vs.append(v)
         return x, torch.stack(ks), torch.stack(vs)
@@ -123,9 +125,36 @@ class Backbone(nn.Module):
         b, n = input_ids.shape
         positions = torch.arange(n, device=input_ids.device).expand(b, n)
         cos, sin = self.rope(positions)
-        mask = torch.ones(n, n, dtype=torch.bool, device=input_ids.device).tril()[None, None]
-        x, _, _ = self.run_layers(self.embed_tokens(input_ids), cos, sin, self.empty_past(b), mask)
+        causal = torch.ones(n, n, dtype=torch.bool, device=input_ids.device).tril()[None, None]
+        x, _, _ = self.run_layers(self.embed_tokens(input_ids), cos, sin, KeyContext.local_only(self, b, causal))
         return self.lm_head(self.norm(x))
+
+
+class KeyContext(NamedTuple):
+    """What a block of queries may attend besides its own keys, for all layers at once.
+
+    cache_k/v [n_layers, B, Hkv, Cap, D] with cache_valid bool [B, 1, 1, Cap]; local_k/v
+    [n_layers, B, Hkv, Ll, D] (keys of the same unit computed earlier); local_mask bool
+    [B|1, 1, L, Ll + L] over the local keys followed by the block's own keys.
+    """
+
+    cache_k: torch.Tensor
+    cache_v: torch.Tensor
+    cache_valid: torch.Tensor
+    local_k: torch.Tensor
+    local_v: torch.Tensor
+    local_mask: torch.Tensor
+
+    def layer(self, i: int) -> "KeyContext":
+        return KeyContext(self.cache_k[i], self.cache_v[i], self.cache_valid, self.local_k[i], self.local_v[i],
+                          self.local_mask)
+
+    @classmethod
+    def local_only(cls, backbone: "Backbone", batch: int, mask: torch.Tensor) -> "KeyContext":
+        """No cache, no earlier keys: the block attends to itself under `mask` [B|1, 1, L, L]."""
+        empty = backbone.empty_kv(batch)
+        no_cache = torch.zeros(batch, 1, 1, 0, dtype=torch.bool, device=mask.device)
+        return cls(empty, empty, no_cache, empty, empty, mask)
 
 
 def qwen3_state_dict_to_backbone(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .backbone import Backbone
+from .backbone import Backbone, KeyContext
 from .config import Preset
 from .flow import timestep_features
 from .kv_cache import valid_key_mask
@@ -96,25 +96,24 @@ class AVModel(nn.Module):
         text tokens (teacher forcing) instead of taking the argmax.
         """
         bb, lay = self.backbone, self.layout
-        b, n_prefix, cap = text_in.shape[0], lay.prefix_tokens, cache_k.shape[3]
+        b, n_prefix = text_in.shape[0], lay.prefix_tokens
         cos, sin = bb.rope(lay.positions(unit_index))
-        cache_ok = valid_key_mask(cache_len, cap)
-        past = [(cache_k[i], cache_v[i]) for i in range(len(bb.layers))]
-        own = torch.ones(b, 1, n_prefix, n_prefix, dtype=torch.bool, device=cache_ok.device)
-        mask = torch.cat([cache_ok.expand(b, 1, n_prefix, cap), own], dim=-1)
+        cache_valid = valid_key_mask(cache_len, cache_k.shape[3])
+        no_local = bb.empty_kv(b)
+        prefix_mask = torch.ones(1, 1, n_prefix, n_prefix, dtype=torch.bool, device=cache_valid.device)
         x = self.embed_prefix(text_in, video_in, audio_in, audio_prev, video_prev)
-        x, k, v = bb.run_layers(x, cos[:, :, :n_prefix], sin[:, :, :n_prefix], past, mask)
+        ctx = KeyContext(cache_k, cache_v, cache_valid, no_local, no_local, prefix_mask)
+        x, k, v = bb.run_layers(x, cos[:, :, :n_prefix], sin[:, :, :n_prefix], ctx)
         hidden, ks, vs = [bb.norm(x)], [k], [v]
         logits, tokens = [self.text_logits(hidden[0][:, -1])], []
         for i in range(self.preset.text_out_tokens):
             tok = text_out[:, i] if text_out is not None else logits[-1].argmax(-1)
             tokens.append(tok)
-            n_seen = n_prefix + i + 1  # own keys this token sees: the prefix and text_out[0..i]
-            past_i = [(torch.cat([pk, *(kk[j] for kk in ks)], dim=2), torch.cat([pv, *(vv[j] for vv in vs)], dim=2))
-                      for j, (pk, pv) in enumerate(past)]
-            mask_i = torch.cat([cache_ok, torch.ones(b, 1, 1, n_seen, dtype=torch.bool, device=cache_ok.device)], -1)
+            # text_out[i] sees the cache, the prefix, text_out[0..i-1] and itself
+            seen = torch.ones(1, 1, 1, n_prefix + i + 1, dtype=torch.bool, device=cache_valid.device)
+            ctx = KeyContext(cache_k, cache_v, cache_valid, torch.cat(ks, dim=3), torch.cat(vs, dim=3), seen)
             pos = slice(n_prefix + i, n_prefix + i + 1)
-            xi, k, v = bb.run_layers(self.embed_text_out(tok[:, None]), cos[:, :, pos], sin[:, :, pos], past_i, mask_i)
+            xi, k, v = bb.run_layers(self.embed_text_out(tok[:, None]), cos[:, :, pos], sin[:, :, pos], ctx)
             hidden.append(bb.norm(xi))
             ks.append(k)
             vs.append(v)
@@ -130,7 +129,7 @@ class AVModel(nn.Module):
         (already holding unit k). Returns (v_audio [B, A, Za], v_video [B, Zv, h, w]), float32.
         """
         p, bb, lay = self.preset, self.backbone, self.layout
-        b, n, cap, dt = noisy_audio.shape[0], p.flow_tokens, cache_k.shape[3], self.dtype
+        b, n, dt = noisy_audio.shape[0], p.flow_tokens, self.dtype
         x = torch.cat([
             self.audio_out_proj(noisy_audio.to(dt)) + self.type_embed.weight[TYPE_IDS["flow_audio"]],
             self.video_out_proj(patchify(noisy_video.to(dt), p.video_out_patch))
@@ -138,10 +137,10 @@ class AVModel(nn.Module):
         ], dim=1)
         x = x + self.time_mlp(timestep_features(t, p.time_embed_dim).to(dt))[:, None]
         cos, sin = bb.rope(lay.flow_positions(unit_index, n))
-        cache_ok = valid_key_mask(cache_len, cap)
-        mask = torch.cat([cache_ok.expand(b, 1, n, cap), torch.ones(b, 1, n, n, dtype=torch.bool, device=x.device)], -1)
-        past = [(cache_k[i], cache_v[i]) for i in range(len(bb.layers))]
-        x, _, _ = bb.run_layers(x, cos, sin, past, mask)
+        no_local = bb.empty_kv(b)
+        ctx = KeyContext(cache_k, cache_v, valid_key_mask(cache_len, cache_k.shape[3]), no_local, no_local,
+                         torch.ones(1, 1, n, n, dtype=torch.bool, device=x.device))  # the block sees all of itself
+        x, _, _ = bb.run_layers(x, cos, sin, ctx)
         h = bb.norm(x)
         a = p.audio_frames_per_unit
         v_video = unpatchify(self.video_head(h[:, a:]), p.video_out_patch, p.video_z, p.latent_height, p.latent_width)
@@ -166,7 +165,7 @@ class AVModel(nn.Module):
         positions = torch.arange(u * lay.tokens, device=x.device).expand(b, -1)
         cos, sin = bb.rope(positions)
         mask = block_causal_mask(lay, u, sink_units, window_units).to(x.device)[None, None]
-        x, _, _ = bb.run_layers(x, cos, sin, bb.empty_past(b), mask)
+        x, _, _ = bb.run_layers(x, cos, sin, KeyContext.local_only(bb, b, mask))
         hidden = bb.norm(x).view(b, u, lay.tokens, -1)
         n_text, first = self.preset.text_out_tokens, lay.prefix_tokens - 1
         return hidden, self.text_logits(hidden[:, :, first:first + n_text])

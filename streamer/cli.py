@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
 from .units import InputError
 
-console = Console(stderr=True)  # progress and messages
+console = Console(stderr=True, soft_wrap=True)  # progress and messages, never wrapped mid-message
 out = Console(width=None if sys.stdout.isatty() else 160)  # tables (not squeezed to 80 columns in a pipe)
 
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except (InputError, ValueError, FileNotFoundError) as e:  # user-facing errors: no traceback
-        console.print(f"[bold red]error:[/] {e}")
+        console.print("[bold red]error:[/]", escape(str(e)))
         return 2
     except KeyboardInterrupt:
         console.print("interrupted")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 
@@ -28,8 +29,12 @@ class Preset:
     video_spatial_compression: int = 8
     video_in_patch: int = 4  # patch size of user video latents (video_in tokens)
     video_out_patch: int = 2  # patch size of generated video latents (video_out and flow tokens)
+    video_vae_dim: int = 8  # base channels of the video VAE (Wan2.1: 96)
     # --- audio -----------------------------------------------------------------------------------
     audio_z: int = 8  # latent channels of the audio VAE
+    audio_filters: int = 8  # SEANet base channels (Mimi: 64)
+    audio_hidden: int = 32  # SEANet output channels (Mimi: 512)
+    audio_ratios: tuple[int, ...] = (8, 6, 5, 4)  # SEANet strides, decoder order; product = audio_hop
     # --- text ------------------------------------------------------------------------------------
     vocab_size: int = 512
     text_in_tokens: int = 2
@@ -58,6 +63,8 @@ class Preset:
                 raise ValueError(f"preset {self.name!r}: {what}")
 
         need((self.sample_rate * self.frames_per_unit) % self.fps == 0, "unit must hold a whole number of samples")
+        need(math.prod(self.audio_ratios) == self.audio_hop,
+             f"audio_ratios {self.audio_ratios} must multiply to audio_hop {self.audio_hop}")
         need(self.samples_per_unit % self.audio_hop == 0,
              f"samples per unit {self.samples_per_unit} must be a multiple of audio_hop {self.audio_hop}")
         need(self.frames_per_unit == self.video_time_compression,
@@ -136,25 +143,28 @@ class Preset:
 
     @classmethod
     def from_json(cls, text: str) -> "Preset":
-        return cls(**json.loads(text))
+        fields = json.loads(text)
+        fields["audio_ratios"] = tuple(fields["audio_ratios"])
+        return cls(**fields)
 
 
 _QWEN_VOCAB = 151_936
+_CODECS = dict(audio_filters=64, audio_hidden=512, video_vae_dim=96)  # Mimi's SEANet and the Wan2.1 VAE
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(name="tiny"),
     "small": Preset(  # Qwen3-0.6B dims
-        name="small", frame_height=96, frame_width=128, audio_z=32, vocab_size=_QWEN_VOCAB, text_pad_id=151_643,
+        name="small", frame_height=96, frame_width=128, audio_z=32, **_CODECS, vocab_size=_QWEN_VOCAB, text_pad_id=151_643,
         n_layers=28, hidden=1024, n_heads=16, n_kv_heads=8, head_dim=128, intermediate=3072,
         time_embed_dim=256, sink_units=4, window_units=60,
     ),
     "base": Preset(  # Qwen3-1.7B dims
-        name="base", frame_height=192, frame_width=256, audio_z=32, vocab_size=_QWEN_VOCAB, text_pad_id=151_643,
+        name="base", frame_height=192, frame_width=256, audio_z=32, **_CODECS, vocab_size=_QWEN_VOCAB, text_pad_id=151_643,
         n_layers=28, hidden=2048, n_heads=16, n_kv_heads=8, head_dim=128, intermediate=6144,
         time_embed_dim=256, sink_units=4, window_units=124,
     ),
     "large": Preset(  # Qwen2.5-7B dims
-        name="large", frame_height=192, frame_width=256, audio_z=32, vocab_size=152_064, text_pad_id=151_643,
+        name="large", frame_height=192, frame_width=256, audio_z=32, **_CODECS, vocab_size=152_064, text_pad_id=151_643,
         n_layers=28, hidden=3584, n_heads=28, n_kv_heads=4, head_dim=128, intermediate=18_944,
         tie_embeddings=False, time_embed_dim=256, sink_units=4, window_units=124,
     ),

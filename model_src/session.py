@@ -7,6 +7,9 @@ Per unit k (DESIGN.md, "Runtime", run sequentially here):
     flow solve (N Euler steps of flow_step)      -> clean latents y_k
     decode y_(k-1)                               -> the output audio and frames of unit k - 1
 
+Audio and video go through the causal VAEs (model_src/audio_vae.py, video_vae.py); the video stream
+starts from the VAE's mid-gray priming frame (see video_vae.py).
+
 so the output runs one unit behind the input; `flush()` decodes the last unit. Input is checked before
 anything runs, so a bad unit raises `InputError` and leaves the session exactly as it was.
 """
@@ -52,10 +55,10 @@ class ReferenceSession:
         self.system, self.p, self.seed = system, system.preset, seed
         p, dtype = self.p, system.model.dtype
         self.cache = init_cache(p, batch=1, dtype=dtype)
-        self.audio_enc_state = system.audio_codec.init_state(1)
-        self.video_enc_state = system.video_codec.init_state(1)
-        self.audio_dec_state = system.audio_codec.init_state(1)
-        self.video_dec_state = system.video_codec.init_state(1)
+        self.audio_enc_state = system.audio_vae.init_encoder_state(1)
+        self.video_enc_state = system.video_vae.init_encoder_state(1)  # primed with a mid-gray frame
+        self.audio_dec_state = system.audio_vae.init_decoder_state(1)
+        self.video_dec_state = system.video_vae.init_decoder_state(1)
         self.prev_audio = torch.zeros(1, p.audio_frames_per_unit, p.audio_z)  # y_(k-1), zeros before unit 0
         self.prev_video = torch.zeros(1, p.video_z, p.latent_height, p.latent_width)
         self.unit_index = 0
@@ -73,10 +76,9 @@ class ReferenceSession:
         text = check_text_unit(text_in, p.text_in_tokens, p.vocab_size, p.text_pad_id)
         timer = StageTimer()
         with timer("encode"):
-            za, audio_enc_state = self.system.audio_codec.encode_step(torch.from_numpy(audio)[None],
-                                                                      self.audio_enc_state)
-            zv, video_enc_state = self.system.video_codec.encode_step(frames_to_tensor(frames),
-                                                                      self.video_enc_state)
+            za, audio_enc_state = self.system.audio_vae.encode_step(torch.from_numpy(audio)[None],
+                                                                    self.audio_enc_state)
+            zv, video_enc_state = self.system.video_vae.encode_step(frames_to_tensor(frames), self.video_enc_state)
         index = torch.tensor([k])
         with timer("thinker_step"):
             out = model.thinker_step(torch.from_numpy(text)[None], zv, za, self.prev_audio, self.prev_video,
@@ -100,8 +102,7 @@ class ReferenceSession:
         return self._decode(self.prev_audio, self.prev_video)
 
     def _decode(self, za: torch.Tensor, zv: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        codecs = self.system
-        wave, self.audio_dec_state = codecs.audio_codec.decode_step(za, self.audio_dec_state)
-        video, self.video_dec_state = codecs.video_codec.decode_step(zv, self.video_dec_state)
+        wave, self.audio_dec_state = self.system.audio_vae.decode_step(za, self.audio_dec_state)
+        video, self.video_dec_state = self.system.video_vae.decode_step(zv, self.video_dec_state)
         return wave[0].float().numpy(), tensor_to_frames(video)
 

@@ -75,27 +75,64 @@ def load_weights(module: nn.Module, preset: Preset, path: str | Path) -> None:
 
 def _load_checked(module: nn.Module, tensors: dict[str, torch.Tensor], source: str, strict: bool = True) -> None:
     expected = module.state_dict()
-    for name, t in tensors.items():
-        if name not in expected:
-            raise WeightsError(f"{source}: tensor {name!r} is not a parameter of the model")
-        if tuple(t.shape) != tuple(expected[name].shape):
-            raise WeightsError(f"{source}: tensor {name!r} has shape {tuple(t.shape)}, "
-                               f"the model expects {tuple(expected[name].shape)}")
+    for name, want in expected.items():  # in the model's order, so the first mismatch named is the first
+        if name in tensors and tuple(tensors[name].shape) != tuple(want.shape):
+            raise WeightsError(f"{source}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
+                               f"the model expects {tuple(want.shape)}")
+    unknown = [name for name in tensors if name not in expected]
+    if unknown:
+        raise WeightsError(f"{source}: tensor {unknown[0]!r} is not a parameter of the model")
     missing = sorted(set(expected) - set(tensors))
     if strict and missing:
         raise WeightsError(f"{source}: missing {len(missing)} tensors, first {missing[:3]}")
     module.load_state_dict(tensors, strict=strict)
 
 
-def load_qwen3_checkpoint(backbone: Backbone, folder: str | Path) -> None:
-    """Load a local transformers Qwen3 checkpoint folder (*.safetensors) into `backbone` in place."""
-    files = sorted(Path(folder).glob("*.safetensors"))
+def read_checkpoint(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """All tensors of a local safetensors file, or of every *.safetensors file in a folder."""
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    if not path.exists():
+        raise WeightsError(f"{what} checkpoint {path} does not exist")
     if not files:
-        raise WeightsError(f"no *.safetensors files in {folder} (expected a transformers Qwen3 checkpoint)")
-    hf = {}
+        raise WeightsError(f"no *.safetensors files in {path} (expected a {what} checkpoint)")
+    bad = [f.name for f in files if f.suffix != ".safetensors"]
+    if bad:
+        raise WeightsError(f"{what} checkpoint {bad[0]}: only .safetensors files are read (never pickle)")
+    tensors = {}
     for f in files:
-        hf.update(load_file(str(f)))
-    state = qwen3_state_dict_to_backbone(hf)
+        tensors.update(load_file(str(f)))
+    return tensors
+
+
+def load_qwen3_checkpoint(backbone: Backbone, folder: str | Path) -> None:
+    """Load a local transformers Qwen3 checkpoint (*.safetensors) into `backbone` in place."""
+    state = qwen3_state_dict_to_backbone(read_checkpoint(folder, "Qwen3"))
     if "lm_head.weight" not in state and backbone.lm_head.weight is backbone.embed_tokens.weight:
         state["lm_head.weight"] = state["embed_tokens.weight"]
     _load_checked(backbone, state, str(folder))
+
+
+def load_mimi_checkpoint(audio_vae: nn.Module, path: str | Path) -> None:
+    """Load the SEANet encoder/decoder convs of a local transformers Mimi checkpoint into an AudioVAE.
+
+    Accepts both layouts transformers has used ("encoder.layers.*" and "encoder.encoder_seanet.layers.*").
+    Mimi's transformers and quantizer are not part of our VAE; our Gaussian head (to_latent /
+    from_latent) is left as it is.
+    """
+    state = {}
+    for name, t in read_checkpoint(path, "Mimi").items():
+        for side in ("encoder", "decoder"):
+            for prefix in (f"{side}.layers.", f"{side}.{side}_seanet.layers."):
+                if name.startswith(prefix):
+                    state[f"{side}.layers." + name[len(prefix):]] = t
+    needed = {n for n in audio_vae.state_dict() if n.startswith(("encoder.", "decoder."))}
+    missing = sorted(needed - set(state))
+    if missing:
+        raise WeightsError(f"{path}: not a Mimi checkpoint of this shape, missing {missing[:3]}")
+    _load_checked(audio_vae, state, str(path), strict=False)
+
+
+def load_wan_vae_checkpoint(video_vae: nn.Module, path: str | Path) -> None:
+    """Load a local diffusers AutoencoderKLWan checkpoint (Wan2.1 VAE, safetensors) into a VideoVAE."""
+    _load_checked(video_vae, read_checkpoint(path, "Wan VAE"), str(path))

@@ -3,6 +3,7 @@
     streamer run       stream a clip (synthetic or WAV+MP4) through a session, write out.wav/out.mp4
     streamer presets   the presets' sizes and parameter counts
     streamer init-weights   a seeded random weights file for a preset (safetensors)
+    streamer import-weights a weights file from local Qwen3 / Mimi / Wan2.1-VAE checkpoints
 
 Heavy imports (torch, model_src) happen inside the commands, so `streamer --help` is instant.
 """
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args) or 0
-    except (InputError, ValueError, FileNotFoundError) as e:  # user-facing errors: no traceback
+    except (InputError, ValueError, FileNotFoundError) as e:  # user-facing errors (WeightsError too): no traceback
         console.print("[bold red]error:[/]", escape(str(e)))
         return 2
     except KeyboardInterrupt:
@@ -65,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     init.set_defaults(func=cmd_init_weights)
+
+    imp = sub.add_parser("import-weights", help="build a weights file from local upstream checkpoints "
+                                                 "(Qwen3, Mimi, Wan2.1 VAE; safetensors only)")
+    imp.add_argument("--preset", default="small")
+    imp.add_argument("--qwen3", type=Path, help="transformers Qwen3 checkpoint folder -> backbone")
+    imp.add_argument("--mimi", type=Path, help="transformers Mimi checkpoint (file or folder) -> audio VAE convs")
+    imp.add_argument("--wan-vae", type=Path, help="diffusers AutoencoderKLWan checkpoint (file or folder) -> video VAE")
+    imp.add_argument("--seed", type=int, default=0, help="seed of every part not imported")
+    imp.add_argument("--out", type=Path, required=True, help="output .safetensors file")
+    imp.set_defaults(func=cmd_import_weights)
     return parser
 
 
@@ -180,6 +191,27 @@ def cmd_init_weights(args) -> int:
     p = get_preset(args.preset)
     save_weights(build_system(p, seed=args.seed), p, args.out)
     console.print(f"wrote {args.out} (preset {p.name}, seed {args.seed})")
+    return 0
+
+
+def cmd_import_weights(args) -> int:
+    from model_src.config import get_preset
+    from model_src.system import build_system
+    from model_src.weights import load_mimi_checkpoint, load_qwen3_checkpoint, load_wan_vae_checkpoint, save_weights
+
+    p = get_preset(args.preset)
+    system = build_system(p, seed=args.seed)
+    parts = [("backbone", args.qwen3, lambda path: load_qwen3_checkpoint(system.model.backbone, path)),
+             ("audio VAE convs", args.mimi, lambda path: load_mimi_checkpoint(system.audio_vae, path)),
+             ("video VAE", args.wan_vae, lambda path: load_wan_vae_checkpoint(system.video_vae, path))]
+    for what, path, load in parts:
+        if path is not None:
+            load(path)
+        console.print(f"{what}: {path if path else f'random (seed {args.seed})'}")
+    console.print("random: modality embeddings, latent projections, flow heads"
+                  + (", audio latent head" if args.mimi else ""))
+    save_weights(system, p, args.out)
+    console.print(f"wrote {args.out} (preset {p.name})")
     return 0
 
 

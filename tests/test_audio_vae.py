@@ -78,3 +78,24 @@ def test_streamed_equals_offline(preset):
             pieces.append(w)
         assert _report(f"{preset} decode streamed vs offline", torch.cat(pieces, 1), full) < 1e-5
     assert all(s.shape[0] == 2 for s in state)
+
+
+def test_loads_a_mimi_checkpoint_and_refuses_other_shapes(tmp_path):
+    from model_src.weights import WeightsError, load_mimi_checkpoint
+
+    p = get_preset("tiny")
+    mimi = MimiModel(MimiConfig(num_filters=p.audio_filters, hidden_size=p.audio_hidden, num_hidden_layers=1,
+                                intermediate_size=64, num_attention_heads=2, num_key_value_heads=2,
+                                upsample_groups=p.audio_hidden))
+    mimi.save_pretrained(tmp_path / "mimi")
+    vae = AudioVAE(p)
+    load_mimi_checkpoint(vae, tmp_path / "mimi")
+    enc, _ = _seanet(mimi)
+    for name, t in enc.state_dict().items():
+        assert torch.equal(vae.encoder.state_dict()[name], t), name
+    with pytest.raises(WeightsError, match=r"tensor '(en|de)coder\.layers\.[\w.]+' has shape \([\d, ]+\), "
+                                           r"the model expects \([\d, ]+\)"):
+        load_mimi_checkpoint(AudioVAE(get_preset("small")), tmp_path / "mimi")
+    (tmp_path / "mimi.pth").write_bytes(b"not read")
+    with pytest.raises(WeightsError, match="only .safetensors files are read"):
+        load_mimi_checkpoint(vae, tmp_path / "mimi.pth")

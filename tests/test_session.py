@@ -114,3 +114,22 @@ def test_cli_weights_file_sets_the_preset(tmp_path, capsys):
     assert main(["run", "--weights", str(w), "--units", "2", "--out", str(tmp_path / "o")]) == 0
     assert main(["run", "--weights", str(w), "--preset", "small", "--units", "2", "--out", str(tmp_path / "o")]) == 2
     assert "was made for preset 'tiny', but --preset small was given" in capsys.readouterr().err
+
+
+def test_cli_import_weights_from_upstream_checkpoints(tmp_path, capsys):
+    from diffusers import AutoencoderKLWan
+
+    from model_src.config import get_preset
+    from model_src.system import build_system
+    from model_src.weights import load_weights
+
+    p = get_preset("tiny")
+    wan = AutoencoderKLWan(base_dim=p.video_vae_dim, z_dim=p.video_z)
+    wan.save_pretrained(tmp_path / "wan")
+    out = tmp_path / "w.safetensors"
+    assert main(["import-weights", "--preset", "tiny", "--wan-vae", str(tmp_path / "wan"), "--out", str(out)]) == 0
+    system = build_system(p, seed=9)
+    load_weights(system, p, out)
+    assert torch.equal(system.video_vae.encoder.conv_in.weight, wan.encoder.conv_in.weight)
+    assert main(["import-weights", "--preset", "tiny", "--qwen3", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert "Qwen3 checkpoint" in capsys.readouterr().err

@@ -77,3 +77,29 @@ def test_streamed_equals_offline_chunk(tiny):
             x, state = vae.decode_step(offline[:, :, k], state)
             xs.append(x)
         assert _report("decode streamed vs offline", torch.cat(xs, 2), frames) < 1e-5
+
+
+def test_loads_a_diffusers_checkpoint_and_refuses_other_shapes(tmp_path, tiny):
+    from model_src.weights import WeightsError, load_wan_vae_checkpoint
+
+    wan, _ = _pair(tiny, seed=2)
+    wan.save_pretrained(tmp_path / "wan")  # diffusion_pytorch_model.safetensors, as published
+    vae = VideoVAE(tiny)
+    load_wan_vae_checkpoint(vae, tmp_path / "wan")
+    for name, t in wan.state_dict().items():
+        assert torch.equal(vae.state_dict()[name], t), name
+    with pytest.raises(WeightsError, match=r"tensor 'encoder\.conv_in\.weight' has shape \(8, 3, 3, 3, 3\), "
+                                           r"the model expects \(16, 3, 3, 3, 3\)"):
+        load_wan_vae_checkpoint(VideoVAE(tiny.replace(video_vae_dim=16)), tmp_path / "wan")
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_wan_vae_checkpoint(vae, tmp_path / "nowhere")
+
+
+def test_bad_unit_shapes_are_named(tiny):
+    vae = VideoVAE(tiny)
+    state = vae.init_encoder_state(1)
+    with pytest.raises(ValueError, match=r"expected a tensor \[B, rgb=3, frames=4, height=32, width=32\], "
+                                         r"got shape \(1, 3, 3, 32, 32\)"):
+        vae.encode_step(torch.zeros(1, 3, 3, 32, 32), state)
+    with pytest.raises(ValueError, match="got shape \\(1, 16, 5, 4\\)"):
+        vae.decode_step(torch.zeros(1, 16, 5, 4), vae.init_decoder_state(1))

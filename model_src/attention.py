@@ -12,14 +12,31 @@ from __future__ import annotations
 import torch
 
 
-def attend(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, cache_valid: torch.Tensor,
-           local_k: torch.Tensor, local_v: torch.Tensor, local_mask: torch.Tensor) -> torch.Tensor:
+ATTN_IMPLS = ("torch", "triton")
+
+
+def attend(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, cache_len: torch.Tensor,
+           local_k: torch.Tensor, local_v: torch.Tensor, local_mask: torch.Tensor | None,
+           impl: str = "torch") -> torch.Tensor:
     """Masked softmax attention over cache + local keys.
 
-    q [B, Hq, L, D] (Hq a multiple of Hkv); cache_k/v [B, Hkv, Cap, D] (Cap may be 0);
-    cache_valid bool [B, 1, 1, Cap]; local_k/v [B, Hkv, Ll, D]; local_mask bool [B|1, 1, L, Ll].
-    Every query must see at least one key. Returns [B, Hq, L, D]; softmax in float32, scale D ** -0.5.
+    q [B, Hq, L, D] (Hq a multiple of Hkv); cache_k/v [B, Hkv, Cap, D] (Cap may be 0), valid below
+    cache_len [B]; local_k/v [B, Hkv, Ll, D]; local_mask bool [B|1, 1, L, Ll], or None when every
+    query sees every local key (the streaming steps). Returns [B, Hq, L, D]; scale D ** -0.5.
+
+    impl "torch": matmul + float32 softmax here. impl "triton": the kernel `streamer::block_attention`
+    (kernels/), for the streaming steps (local_mask None); an explicit local mask (the offline
+    forward, a training path) always runs here in torch.
     """
+    if impl == "triton" and local_mask is None:
+        from kernels.ops import block_attention
+
+        return block_attention(q, cache_k, cache_v, cache_len, local_k, local_v, None, None, 0)
+    if impl not in ATTN_IMPLS:
+        raise ValueError(f"attention impl must be one of {ATTN_IMPLS}, got {impl!r}")
+    cache_valid = (torch.arange(cache_k.shape[2], device=q.device)[None, :] < cache_len[:, None])[:, None, None]
+    if local_mask is None:
+        local_mask = torch.ones(1, 1, 1, local_k.shape[2], dtype=torch.bool, device=q.device)
     b, hq, n, d = q.shape
     hkv = local_k.shape[1]
     g = hq // hkv

@@ -40,6 +40,7 @@ class SelfAttention(nn.Module):
         self.o_proj = nn.Linear(p.n_heads * p.head_dim, p.hidden, bias=False)
         self.q_norm = RMSNorm(p.head_dim, p.rms_eps)
         self.k_norm = RMSNorm(p.head_dim, p.rms_eps)
+        self.attn_impl = "torch"  # or "triton": see model_src.attention.attend
 
     def forward(self, x, cos, sin, ctx: "KeyContext"):
         """x [B, L, H]; cos/sin [B, 1, L, D]; ctx: this layer's cache and local keys (see `attend`).
@@ -53,7 +54,7 @@ class SelfAttention(nn.Module):
         v = self.v_proj(x).view(b, n, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         local_k, local_v = torch.cat([ctx.local_k, k], dim=2), torch.cat([ctx.local_v, v], dim=2)
-        out = attend(q, ctx.cache_k, ctx.cache_v, ctx.cache_valid, local_k, local_v, ctx.local_mask)
+        out = attend(q, ctx.cache_k, ctx.cache_v, ctx.cache_len, local_k, local_v, ctx.local_mask, self.attn_impl)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1)), k, v
 
 
@@ -102,6 +103,15 @@ class Backbone(nn.Module):
         """positions [B, L] int64 -> (cos, sin) [B, 1, L, D] float32."""
         return rope_cos_sin(positions, self.rope_inv_freq, self.rope_coarse)
 
+    def set_attn_impl(self, impl: str) -> None:
+        """"torch" or "triton" for every layer's attention in the streaming steps."""
+        from .attention import ATTN_IMPLS
+
+        if impl not in ATTN_IMPLS:
+            raise ValueError(f"attention impl must be one of {ATTN_IMPLS}, got {impl!r}")
+        for layer in self.layers:
+            layer.self_attn.attn_impl = impl
+
     def empty_kv(self, batch: int) -> torch.Tensor:
         """Zero-length keys for every layer, [n_layers, B, Hkv, 0, D]: "no cache" / "no local keys"."""
         attn = self.layers[0].self_attn
@@ -133,28 +143,27 @@ class Backbone(nn.Module):
 class KeyContext(NamedTuple):
     """What a block of queries may attend besides its own keys, for all layers at once.
 
-    cache_k/v [n_layers, B, Hkv, Cap, D] with cache_valid bool [B, 1, 1, Cap]; local_k/v
-    [n_layers, B, Hkv, Ll, D] (keys of the same unit computed earlier); local_mask bool
-    [B|1, 1, L, Ll + L] over the local keys followed by the block's own keys.
+    cache_k/v [n_layers, B, Hkv, Cap, D] valid below cache_len [B]; local_k/v [n_layers, B, Hkv, Ll, D]
+    (keys of the same unit computed earlier); local_mask bool [B|1, 1, L, Ll + L] over the local keys
+    followed by the block's own keys, or None: the block sees all of them.
     """
 
     cache_k: torch.Tensor
     cache_v: torch.Tensor
-    cache_valid: torch.Tensor
+    cache_len: torch.Tensor
     local_k: torch.Tensor
     local_v: torch.Tensor
-    local_mask: torch.Tensor
+    local_mask: torch.Tensor | None = None
 
     def layer(self, i: int) -> "KeyContext":
-        return KeyContext(self.cache_k[i], self.cache_v[i], self.cache_valid, self.local_k[i], self.local_v[i],
+        return KeyContext(self.cache_k[i], self.cache_v[i], self.cache_len, self.local_k[i], self.local_v[i],
                           self.local_mask)
 
     @classmethod
     def local_only(cls, backbone: "Backbone", batch: int, mask: torch.Tensor) -> "KeyContext":
         """No cache, no earlier keys: the block attends to itself under `mask` [B|1, 1, L, L]."""
         empty = backbone.empty_kv(batch)
-        no_cache = torch.zeros(batch, 1, 1, 0, dtype=torch.bool, device=mask.device)
-        return cls(empty, empty, no_cache, empty, empty, mask)
+        return cls(empty, empty, torch.zeros(batch, dtype=torch.int64, device=mask.device), empty, empty, mask)
 
 
 def qwen3_state_dict_to_backbone(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -49,7 +49,3 @@ def append_unit(p: Preset, cache: KVCache, k_delta: torch.Tensor, v_delta: torch
     cache.length.fill_(min(unit_index + 1, p.cache_units) * t)
     return cache
 
-
-def valid_key_mask(length: torch.Tensor, capacity: int) -> torch.Tensor:
-    """length [B] -> bool [B, 1, 1, capacity], True on valid cache slots."""
-    return (torch.arange(capacity, device=length.device)[None, :] < length[:, None])[:, None, None, :]

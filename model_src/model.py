@@ -18,7 +18,6 @@ from torch import nn
 from .backbone import Backbone, KeyContext
 from .config import Preset
 from .flow import timestep_features
-from .kv_cache import valid_key_mask
 from .layout import N_TYPES, TYPE_IDS, UnitLayout, block_causal_mask
 from .patches import patchify, unpatchify
 
@@ -98,11 +97,9 @@ class AVModel(nn.Module):
         bb, lay = self.backbone, self.layout
         b, n_prefix = text_in.shape[0], lay.prefix_tokens
         cos, sin = bb.rope(lay.positions(unit_index))
-        cache_valid = valid_key_mask(cache_len, cache_k.shape[3])
         no_local = bb.empty_kv(b)
-        prefix_mask = torch.ones(1, 1, n_prefix, n_prefix, dtype=torch.bool, device=cache_valid.device)
         x = self.embed_prefix(text_in, video_in, audio_in, audio_prev, video_prev)
-        ctx = KeyContext(cache_k, cache_v, cache_valid, no_local, no_local, prefix_mask)
+        ctx = KeyContext(cache_k, cache_v, cache_len, no_local, no_local)  # the prefix sees all of itself
         x, k, v = bb.run_layers(x, cos[:, :, :n_prefix], sin[:, :, :n_prefix], ctx)
         hidden, ks, vs = [bb.norm(x)], [k], [v]
         logits, tokens = [self.text_logits(hidden[0][:, -1])], []
@@ -110,8 +107,7 @@ class AVModel(nn.Module):
             tok = text_out[:, i] if text_out is not None else logits[-1].argmax(-1)
             tokens.append(tok)
             # text_out[i] sees the cache, the prefix, text_out[0..i-1] and itself
-            seen = torch.ones(1, 1, 1, n_prefix + i + 1, dtype=torch.bool, device=cache_valid.device)
-            ctx = KeyContext(cache_k, cache_v, cache_valid, torch.cat(ks, dim=3), torch.cat(vs, dim=3), seen)
+            ctx = KeyContext(cache_k, cache_v, cache_len, torch.cat(ks, dim=3), torch.cat(vs, dim=3))
             pos = slice(n_prefix + i, n_prefix + i + 1)
             xi, k, v = bb.run_layers(self.embed_text_out(tok[:, None]), cos[:, :, pos], sin[:, :, pos], ctx)
             hidden.append(bb.norm(xi))
@@ -138,8 +134,7 @@ class AVModel(nn.Module):
         x = x + self.time_mlp(timestep_features(t, p.time_embed_dim).to(dt))[:, None]
         cos, sin = bb.rope(lay.flow_positions(unit_index, n))
         no_local = bb.empty_kv(b)
-        ctx = KeyContext(cache_k, cache_v, valid_key_mask(cache_len, cache_k.shape[3]), no_local, no_local,
-                         torch.ones(1, 1, n, n, dtype=torch.bool, device=x.device))  # the block sees all of itself
+        ctx = KeyContext(cache_k, cache_v, cache_len, no_local, no_local)  # the block sees all of itself
         x, _, _ = bb.run_layers(x, cos, sin, ctx)
         h = bb.norm(x)
         a = p.audio_frames_per_unit

@@ -18,3 +18,11 @@ def random_units(p, batch: int, units: int, seed: int = 0) -> dict[str, torch.Te
 def unit(inputs: dict[str, torch.Tensor], k: int) -> tuple[torch.Tensor, ...]:
     """The thinker_step arguments of unit k, in order."""
     return tuple(inputs[n][:, k] for n in ("text_in", "video_in", "audio_in", "audio_prev", "video_prev"))
+
+
+def report_error(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
+    """Print max abs and relative error of `got` against a reference; return the relative one."""
+    err = (got - want).abs().max().item()
+    rel = err / want.abs().max().item()
+    print(f"{name}: max abs {err:.2e}, max rel {rel:.2e} (scale {want.abs().max().item():.2e})")
+    return rel

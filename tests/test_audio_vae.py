@@ -4,6 +4,7 @@ import torch
 from transformers import MimiConfig, MimiModel
 
 from model_src.audio_vae import AudioVAE
+from helpers import report_error
 from model_src.config import get_preset
 
 
@@ -29,13 +30,6 @@ def _seanet(mimi):
     return enc, dec
 
 
-def _report(name, got, want):
-    err = (got - want).abs().max().item()
-    rel = err / want.abs().max().item()
-    print(f"{name}: max abs {err:.2e}, max rel {rel:.2e} (scale {want.abs().max().item():.2e})")
-    return rel
-
-
 @pytest.mark.parametrize("preset", ["tiny", "small"])
 def test_convs_match_mimi(preset):
     p = get_preset(preset)
@@ -44,12 +38,12 @@ def test_convs_match_mimi(preset):
     with torch.no_grad():
         want = mimi_enc(wave[:, None])
         got = ours.encoder(wave[:, None], _io(ours.init_encoder_state(1)))
-        assert _report(f"{preset} encoder vs Mimi", got, want) < 1e-5
+        assert report_error(f"{preset} encoder vs Mimi", got, want) < 1e-5
         feats = torch.randn(1, p.audio_hidden, 12)
         want = mimi_dec(feats)
         got = ours.decoder(feats, _io(ours.init_decoder_state(1)))
         assert want.shape == got.shape == (1, 1, 12 * p.audio_hop)
-        assert _report(f"{preset} decoder vs Mimi", got, want) < 1e-5
+        assert report_error(f"{preset} decoder vs Mimi", got, want) < 1e-5
 
 
 def _io(state):
@@ -70,13 +64,13 @@ def test_streamed_equals_offline(preset):
         for k in range(units):
             z, state = vae.encode_step(wave[:, k * p.samples_per_unit:(k + 1) * p.samples_per_unit], state)
             chunks.append(z)
-        assert _report(f"{preset} encode streamed vs offline", torch.cat(chunks, 1), mean) < 1e-5
+        assert report_error(f"{preset} encode streamed vs offline", torch.cat(chunks, 1), mean) < 1e-5
         full, _ = vae.decode(mean, vae.init_decoder_state(2))
         state, pieces = vae.init_decoder_state(2), []
         for k in range(units):
             w, state = vae.decode_step(mean[:, 4 * k:4 * (k + 1)], state)
             pieces.append(w)
-        assert _report(f"{preset} decode streamed vs offline", torch.cat(pieces, 1), full) < 1e-5
+        assert report_error(f"{preset} decode streamed vs offline", torch.cat(pieces, 1), full) < 1e-5
     assert all(s.shape[0] == 2 for s in state)
 
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKLWan
 
+from helpers import report_error
 from model_src.config import get_preset
 from model_src.video_vae import VideoVAE
 
@@ -17,13 +18,6 @@ def _pair(p, seed=0):
     ours = VideoVAE(p).eval()
     ours.load_state_dict(wan.state_dict())
     return wan, ours
-
-
-def _report(name, got, want):
-    err = (got - want).abs().max().item()
-    rel = err / want.abs().max().item()
-    print(f"{name}: max abs {err:.2e}, max rel {rel:.2e}")
-    return rel
 
 
 def _clip(p, units, seed=1):
@@ -48,7 +42,7 @@ def test_stream_matches_wan(preset, units):
             z, state = ours.encode_step(clip[:, :, 1 + 4 * k:5 + 4 * k], state)
             zs.append(z)
         got_z = torch.stack(zs, dim=2)
-        assert _report(f"{preset} latents vs AutoencoderKLWan", got_z, want_z) < 1e-4
+        assert report_error(f"{preset} latents vs AutoencoderKLWan", got_z, want_z) < 1e-4
 
         want_x = wan.decode(want_z).sample
         state, xs = ours.init_decoder_state(1), []
@@ -56,7 +50,7 @@ def test_stream_matches_wan(preset, units):
             x, state = ours.decode_step(want_z[:, :, 1 + k], state)
             xs.append(x)
         got_x = torch.cat(xs, dim=2)
-        assert _report(f"{preset} frames vs AutoencoderKLWan", got_x, want_x[:, :, 1:]) < 1e-4
+        assert report_error(f"{preset} frames vs AutoencoderKLWan", got_x, want_x[:, :, 1:]) < 1e-4
 
 
 def test_streamed_equals_offline_chunk(tiny):
@@ -70,13 +64,13 @@ def test_streamed_equals_offline_chunk(tiny):
         for k in range(4):
             z, state = vae.encode_step(clip[:, :, 4 * k:4 * k + 4], state)
             zs.append(z)
-        assert _report("encode streamed vs offline", torch.stack(zs, 2), offline) < 1e-5
+        assert report_error("encode streamed vs offline", torch.stack(zs, 2), offline) < 1e-5
         frames, _ = vae.decode_chunk(offline, vae.init_decoder_state(1))
         state, xs = vae.init_decoder_state(1), []
         for k in range(4):
             x, state = vae.decode_step(offline[:, :, k], state)
             xs.append(x)
-        assert _report("decode streamed vs offline", torch.cat(xs, 2), frames) < 1e-5
+        assert report_error("decode streamed vs offline", torch.cat(xs, 2), frames) < 1e-5
 
 
 def test_loads_a_diffusers_checkpoint_and_refuses_other_shapes(tmp_path, tiny):

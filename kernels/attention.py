@@ -1,0 +1,167 @@
+"""Block-causal attention of one unit's queries against a static KV cache plus local keys (Triton).
+
+    out = softmax(q k^T * D**-0.5 + mask) v
+
+q [B, Hq, Lq, D]; cache_k/v [B, Hkv, Cap, D], valid below cache_len [B] (a tensor: shapes never
+change); local_k/v [B, Hkv, Ll, D], the unit's own keys (the last Lq of them belong to the queries,
+earlier ones were computed earlier in the unit). GQA: Hq a multiple of Hkv. With `causal_tail = n`,
+the last n local keys are token-causal (text_out): query i sees tail key j only if it is itself in
+the tail and j <= i; every query sees every other local key and every valid cache key.
+
+Flash-decoding: the cache is split into chunks that run as separate programs (so a long cache fills
+the GPU even with few queries), each writing a partial output and its log-sum-exp; a second kernel
+combines them. The query heads that share a KV head are folded into the row axis of one program, so
+each K/V tile is loaded once per KV head. FP8 (E4M3) caches are read with per-KV-head scales.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _partial_kernel(Q, KC, VC, KL, VL, CACHE_LEN, KSCALE, VSCALE, OP, LSEP,
+                    s_qb, s_qh, s_qm, s_kcb, s_kch, s_kcn, s_vcb, s_vch, s_vcn,
+                    s_klb, s_klh, s_kln, s_vlb, s_vlh, s_vln, s_ob, s_oh, s_om, s_os, s_lb, s_lh, s_lm,
+                    n_kv_heads, n_q, n_local, chunk, sm_scale,
+                    GROUP: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    N_SPLITS: tl.constexpr, CAUSAL_TAIL: tl.constexpr, FP8: tl.constexpr):
+    pid_m, pid_bh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, kvh = pid_bh // n_kv_heads, pid_bh % n_kv_heads
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # folded (query head in group, query) rows
+    row_ok = rows < GROUP * n_q
+    head = kvh * GROUP + rows // n_q
+    qi = rows % n_q
+    d = tl.arange(0, D)
+    q = tl.load(Q + b * s_qb + head[:, None] * s_qh + qi[:, None] * s_qm + d[None, :], mask=row_ok[:, None], other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    if split < N_SPLITS:  # a chunk of the cache, up to its valid length
+        kscale, vscale = 1.0, 1.0
+        if FP8:
+            kscale = tl.load(KSCALE + kvh)
+            vscale = tl.load(VSCALE + kvh)
+        start = split * chunk
+        end = tl.minimum(start + chunk, tl.load(CACHE_LEN + b).to(tl.int32))
+        for n0 in range(start, end, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            ok = n < end
+            k = tl.load(KC + b * s_kcb + kvh * s_kch + n[None, :] * s_kcn + d[:, None], mask=ok[None, :], other=0.0)
+            v = tl.load(VC + b * s_vcb + kvh * s_vch + n[:, None] * s_vcn + d[None, :], mask=ok[:, None], other=0.0)
+            if FP8:
+                k = (k.to(tl.float32) * kscale).to(q.dtype)
+                v = (v.to(tl.float32) * vscale).to(q.dtype)
+            s = tl.dot(q, k) * sm_scale
+            s = tl.where(ok[None, :], s, float("-inf"))
+            m_i, l_i, acc = _online_softmax(s, v, m_i, l_i, acc)
+    else:  # the local keys, with the token-causal tail
+        q_pos = n_local - n_q + qi
+        for n0 in range(0, n_local, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            ok = n < n_local
+            k = tl.load(KL + b * s_klb + kvh * s_klh + n[None, :] * s_kln + d[:, None], mask=ok[None, :], other=0.0)
+            v = tl.load(VL + b * s_vlb + kvh * s_vlh + n[:, None] * s_vln + d[None, :], mask=ok[:, None], other=0.0)
+            s = tl.dot(q, k) * sm_scale
+            visible = ok[None, :]
+            if CAUSAL_TAIL > 0:
+                tail_start = n_local - CAUSAL_TAIL
+                in_tail = (n[None, :] >= tail_start)
+                visible = visible & (~in_tail | ((q_pos[:, None] >= tail_start) & (n[None, :] <= q_pos[:, None])))
+            s = tl.where(visible, s, float("-inf"))
+            m_i, l_i, acc = _online_softmax(s, v, m_i, l_i, acc)
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    lse = m_i + tl.log(l_i)  # -inf where this split saw no key
+    base = b * s_ob + head * s_oh + qi * s_om + split * s_os
+    tl.store(OP + base[:, None] + d[None, :], out, mask=row_ok[:, None])
+    tl.store(LSEP + b * s_lb + head * s_lh + qi * s_lm + split, lse, mask=row_ok)
+
+
+@triton.jit
+def _online_softmax(s, v, m_i, l_i, acc):
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m_i - m_safe)
+    p = tl.exp(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _combine_kernel(OP, LSEP, OUT, n_rows, s_os, s_ls, D: tl.constexpr, SPLITS: tl.constexpr, ROWS: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # flattened (b, head, query)
+    ok = rows < n_rows
+    d = tl.arange(0, D)
+    m = tl.full([ROWS], float("-inf"), tl.float32)
+    for sp in tl.static_range(SPLITS):
+        m = tl.maximum(m, tl.load(LSEP + rows * s_ls + sp, mask=ok, other=0.0))
+    acc = tl.zeros([ROWS, D], tl.float32)
+    den = tl.zeros([ROWS], tl.float32)
+    for sp in tl.static_range(SPLITS):
+        w = tl.exp(tl.load(LSEP + rows * s_ls + sp, mask=ok, other=0.0) - m)
+        acc += w[:, None] * tl.load(OP + rows[:, None] * s_os + sp * D + d[None, :], mask=ok[:, None], other=0.0)
+        den += w
+    tl.store(OUT + rows[:, None] * D + d[None, :], (acc / den[:, None]).to(OUT.dtype.element_ty), mask=ok[:, None])
+
+
+def tile_config(rows: int, head_dim: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, target program count) for `rows` folded query rows.
+
+    On a GPU: tiles that fit Hopper's shared memory and enough programs to fill 132 SMs twice. Under
+    TRITON_INTERPRET=1 (CPU tests) the interpreter's cost is per program and per op, so tiles are as
+    large as the problem and the cache is split in two at most; the kernel code is the same.
+    """
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return max(16, triton.next_power_of_2(rows)), 256, 2
+    return max(16, min(64, triton.next_power_of_2(rows))), (64 if head_dim <= 64 else 32), 264
+
+
+def num_cache_splits(capacity: int, other_programs: int, block_n: int, target_programs: int = 264) -> int:
+    """How many chunks to cut the cache into: enough programs to fill a GPU, chunks of >= 4 tiles."""
+    if capacity == 0:
+        return 0
+    want = max(1, target_programs // max(other_programs, 1))
+    return max(1, min(want, triton.cdiv(capacity, 4 * block_n)))
+
+
+def block_attention_triton(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, cache_len: torch.Tensor,
+                           local_k: torch.Tensor, local_v: torch.Tensor, k_scale: torch.Tensor | None = None,
+                           v_scale: torch.Tensor | None = None, causal_tail: int = 0,
+                           launch=lambda kernel: kernel, tiles: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """Launch the two kernels (arguments as in the module docstring); returns [B, Hq, Lq, D] in q's dtype.
+
+    `launch` wraps each kernel before launching (the torch custom op passes `wrap_triton`); `tiles`
+    (BLOCK_M, BLOCK_N, target programs) overrides `tile_config`.
+    """
+    b, hq, n_q, d = q.shape
+    hkv, cap, n_local = cache_k.shape[1], cache_k.shape[2], local_k.shape[2]
+    fp8 = cache_k.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+    group = hq // hkv
+    block_m, block_n, target = tiles or tile_config(group * n_q, d)
+    m_blocks = triton.cdiv(group * n_q, block_m)
+    splits = num_cache_splits(cap, m_blocks * b * hkv, block_n, target)
+    chunk = triton.cdiv(cap, splits) if splits else 0
+    chunk = triton.cdiv(chunk, block_n) * block_n
+    partial = torch.empty(b, hq, n_q, splits + 1, d, device=q.device, dtype=torch.float32)
+    lse = torch.empty(b, hq, n_q, splits + 1, device=q.device, dtype=torch.float32)
+    dummy = cache_len  # stands in for absent scales; never read unless FP8
+    launch(_partial_kernel)[(m_blocks, b * hkv, splits + 1)](
+        q, cache_k, cache_v, local_k, local_v, cache_len,
+        k_scale if fp8 else dummy, v_scale if fp8 else dummy, partial, lse,
+        q.stride(0), q.stride(1), q.stride(2), cache_k.stride(0), cache_k.stride(1), cache_k.stride(2),
+        cache_v.stride(0), cache_v.stride(1), cache_v.stride(2), local_k.stride(0), local_k.stride(1),
+        local_k.stride(2), local_v.stride(0), local_v.stride(1), local_v.stride(2),
+        partial.stride(0), partial.stride(1), partial.stride(2), partial.stride(3),
+        lse.stride(0), lse.stride(1), lse.stride(2),
+        hkv, n_q, n_local, chunk, d**-0.5,
+        GROUP=group, D=d, BLOCK_M=block_m, BLOCK_N=block_n, N_SPLITS=splits, CAUSAL_TAIL=causal_tail, FP8=fp8)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous, whatever q's strides
+    n_rows = b * hq * n_q
+    rows = triton.next_power_of_2(n_rows) if os.environ.get("TRITON_INTERPRET") == "1" else 16
+    launch(_combine_kernel)[(triton.cdiv(n_rows, rows),)](partial, lse, out, n_rows, partial.stride(2), lse.stride(2),
+                                                          D=d, SPLITS=splits + 1, ROWS=rows)
+    return out

@@ -20,3 +20,13 @@ def tiny():
 def tiny_system(tiny):
     return build_system(tiny, seed=0)
 
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the numbers the tests measured (oracle errors, losses) whatever the capture mode."""
+    from helpers import MEASURED
+
+    if MEASURED:
+        terminalreporter.section("measured by the tests")
+        for line in MEASURED:
+            terminalreporter.write_line(line)

@@ -1,6 +1,14 @@
 """Shared test helpers (imported by the tests; pytest puts tests/ on sys.path)."""
 import torch
 
+MEASURED: list[str] = []  # numbers the tests measured; conftest prints them at the end of the run
+
+
+def report(line: str) -> None:
+    """Record a measured number (an oracle error, a loss) for the run's summary, and print it."""
+    MEASURED.append(line)
+    print(line)
+
 
 def random_units(p, batch: int, units: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random per-unit model inputs with a unit axis: the arguments of `AVModel.forward_offline`."""
@@ -24,5 +32,5 @@ def report_error(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
     """Print max abs and relative error of `got` against a reference; return the relative one."""
     err = (got - want).abs().max().item()
     rel = err / want.abs().max().item()
-    print(f"{name}: max abs {err:.2e}, max rel {rel:.2e} (scale {want.abs().max().item():.2e})")
+    report(f"{name}: max abs {err:.2e}, max rel {rel:.2e} (scale {want.abs().max().item():.2e})")
     return rel

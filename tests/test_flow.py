@@ -1,7 +1,7 @@
 """Conditional flow matching: the Euler solver and a loss that training actually lowers."""
 import torch
 
-from helpers import random_units, unit
+from helpers import random_units, report, unit
 from model_src.flow import euler_solve, flow_matching_loss, timestep_features
 from model_src.kv_cache import append_unit, init_cache
 from model_src.system import build_system
@@ -58,7 +58,7 @@ def test_flow_loss_decreases_when_training_on_a_fixed_target(tiny):
         opt.step()
         losses.append(loss.item())
     first, last = sum(losses[:30]) / 30, sum(losses[-30:]) / 30
-    print(f"flow matching loss: first 30 steps {first:.3f}, last 30 steps {last:.3f}")
+    report(f"flow matching loss: first 30 steps {first:.3f}, last 30 steps {last:.3f}")
     assert last < 0.5 * first
     with torch.no_grad():  # and the trained solver moves its samples toward the targets
         na, nv = torch.randn(target_a.shape, generator=g), torch.randn(target_v.shape, generator=g)

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from helpers import report
 from kernels.attention import block_attention_triton
 from kernels.reference import block_attention_reference
 
@@ -33,7 +34,7 @@ def test_kernel_matches_sdpa_over_the_grid(i):
     got = block_attention_triton(*args, causal_tail=tail)
     want = block_attention_reference(*args, causal_tail=tail)
     err = (got - want).abs().max().item()
-    print(f"Lq={n_q} cache_len={cache_len} heads={hq}/{hkv} D={d} causal_tail={tail}: max abs {err:.2e}")
+    report(f"Lq={n_q} cache_len={cache_len} heads={hq}/{hkv} D={d} causal_tail={tail}: max abs {err:.2e}")
     assert got.shape == want.shape and err < 2e-5
 
 
@@ -78,7 +79,7 @@ def test_fp8_cache_with_per_head_scales():
     got = block_attention_triton(q, ck8, cv8, cl, lk, lv, ks, vs)
     assert (got - block_attention_reference(q, ck8, cv8, cl, lk, lv, ks, vs)).abs().max() < 2e-5
     quant_err = (got - block_attention_reference(q, ck, cv, cl, lk, lv)).abs().max().item()
-    print(f"FP8 E4M3 cache against the float32 cache: max abs {quant_err:.3f}")
+    report(f"FP8 E4M3 cache against the float32 cache: max abs {quant_err:.3f}")
     assert quant_err < 0.1
 
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from helpers import report
 from model_src.config import PRESETS, Preset, get_preset
 from model_src.kv_cache import init_cache
 from model_src.layout import UnitLayout
@@ -38,7 +39,7 @@ def test_backbone_has_the_parameter_count_of_its_reference_model(name):
         reference = Qwen3ForCausalLM(cfg)
     ours = build_system(p, device="meta").model.backbone
     assert parameter_count(ours) == parameter_count(reference)
-    print(f"{name}: {parameter_count(build_system(p, device='meta')):,} parameters in the whole system")
+    report(f"{name}: {parameter_count(build_system(p, device='meta')):,} parameters in the whole system")
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from helpers import report
 from model_src.backbone import Backbone, qwen3_state_dict_to_backbone
 from model_src.config import get_preset
 from model_src.rope import inv_frequencies, rope_cos_sin, rope_tables
@@ -36,7 +37,7 @@ def test_logits_match_transformers_qwen3(tie):
         want = reference(input_ids=ids).logits
         got = ours.forward_causal(ids)
     err = (got - want).abs().max().item()
-    print(f"Qwen3 parity (tie={tie}): max abs logit diff {err:.3e}, logit scale {want.abs().max():.3e}")
+    report(f"Qwen3 parity (tie={tie}): max abs logit diff {err:.3e}, logit scale {want.abs().max():.3e}")
     assert err < 1e-4
 
 
@@ -68,6 +69,6 @@ def test_rope_stays_exact_at_hour_long_positions():
     exact = torch.cat([exact, exact], -1)
     err = (cos[0, 0].double() - exact.cos()).abs().max().item()
     naive = (torch.cos(positions[0, :, None].float() * inv.float()).double() - exact[:, : d // 2].cos()).abs().max()
-    print(f"RoPE cos error at 5.7M positions: split {err:.2e}, naive float32 {naive:.2e}")
+    report(f"RoPE cos error at 5.7M positions: split {err:.2e}, naive float32 {naive:.2e}")
     assert err < 2e-3 and naive > 10 * err
     assert math.isclose(sin[0, 0, 1, 0].item(), math.sin(1.0), rel_tol=1e-6)

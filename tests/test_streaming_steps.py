@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from helpers import random_units, unit
+from helpers import random_units, report, unit
 from model_src.kv_cache import append_unit, cache_slot, init_cache
 
 
@@ -33,7 +33,7 @@ def test_thinker_streamed_equals_offline(tiny, sink, window, n_units):
         hidden, logits = model.forward_offline(**inputs, text_out=tokens, sink_units=sink, window_units=window)
     h_err = (torch.stack([o.hidden for o in outs], 1) - hidden).abs().max().item()
     l_err = (torch.stack([o.text_logits for o in outs], 1) - logits).abs().max().item()
-    print(f"sink={sink} window={window} units={n_units}: hidden max abs {h_err:.2e}, logits {l_err:.2e}")
+    report(f"sink={sink} window={window} units={n_units}: hidden max abs {h_err:.2e}, logits {l_err:.2e}")
     assert h_err < 1e-5 and l_err < 1e-5
     assert torch.equal(tokens, logits.argmax(-1))  # the streamed greedy tokens are the offline argmax
 

@@ -4,6 +4,9 @@
     streamer presets   the presets' sizes and parameter counts
     streamer init-weights   a seeded random weights file for a preset (safetensors)
     streamer import-weights a weights file from local Qwen3 / Mimi / Wan2.1-VAE checkpoints
+    streamer build     every stage to ONNX -> engines + manifest.json
+    streamer verify    every engine against the torch reference
+    streamer inspect   what an engine directory holds
 
 Heavy imports (torch, model_src) happen inside the commands, so `streamer --help` is instant.
 """
@@ -76,6 +79,24 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--seed", type=int, default=0, help="seed of every part not imported")
     imp.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     imp.set_defaults(func=cmd_import_weights)
+
+    build = sub.add_parser("build", help="export every stage to ONNX and build engines + manifest.json")
+    build.add_argument("--preset", default=None, help="tiny | small | base | large (default: the weights' preset, else tiny)")
+    build.add_argument("--backend", default="ort", choices=["ort"], help="engine backend (default: ort)")
+    build.add_argument("--precision", default="fp32", choices=["fp32"], help="engine precision (default: fp32)")
+    build.add_argument("--weights", type=Path, help="safetensors weights (default: seeded random weights)")
+    build.add_argument("--seed", type=int, default=0, help="seed of random weights")
+    build.add_argument("--out", type=Path, required=True, help="engine directory to write")
+    build.set_defaults(func=cmd_build)
+
+    verify = sub.add_parser("verify", help="check every engine against the torch reference")
+    verify.add_argument("engines", type=Path, help="engine directory")
+    verify.add_argument("--units", type=int, default=3, help="streamed units per stage (default 3)")
+    verify.set_defaults(func=cmd_verify)
+
+    inspect = sub.add_parser("inspect", help="show what an engine directory holds")
+    inspect.add_argument("engines", type=Path, help="engine directory")
+    inspect.set_defaults(func=cmd_inspect)
     return parser
 
 
@@ -191,6 +212,72 @@ def cmd_init_weights(args) -> int:
     p = get_preset(args.preset)
     save_weights(build_system(p, seed=args.seed), p, args.out)
     console.print(f"wrote {args.out} (preset {p.name}, seed {args.seed})")
+    return 0
+
+
+def cmd_build(args) -> int:
+    from rich.progress import Progress
+
+    from export.build import build
+    from runtime.manifest import sha256
+
+    system = _load_system(args.preset, args.weights, args.seed)
+    weights = ({"file": str(args.weights.resolve()), "sha256": sha256(args.weights)} if args.weights
+               else {"seed": args.seed})
+    with Progress(console=console) as bar:
+        task = bar.add_task(f"building {system.preset.name} ({args.backend}, {args.precision})", total=6)
+
+        started: list[str] = []
+
+        def on_stage(name: str) -> None:
+            bar.update(task, description=f"exporting {name}", completed=len(started))
+            started.append(name)
+
+        manifest = build(system, args.out, args.backend, args.precision, weights, on_stage)
+        bar.update(task, completed=6, description="done")
+    console.print(f"wrote {len(manifest['stages'])} {args.backend} engines and manifest.json to {args.out}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from export.verify import verify
+
+    results = verify(args.engines, units=args.units)
+    table = Table(title=f"{args.engines}: engines against the torch reference ({args.units} streamed units)")
+    for col in ("stage", "max abs", "max rel", "tolerance", "tokens", "result"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for r in results:
+        table.add_row(r.stage, f"{r.max_abs:.2e}", f"{r.max_rel:.2e}", f"{r.tolerance:.0e}",
+                      "equal" if r.tokens_equal else "DIFFER", "[green]ok[/]" if r.ok else "[red]FAIL[/]")
+    out.print(table)
+    failed = [r.stage for r in results if not r.ok]
+    if failed:
+        console.print(f"[bold red]verify failed:[/] {', '.join(failed)}")
+        return 1
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from runtime.manifest import read_manifest
+
+    m = read_manifest(args.engines)
+    out.print(f"preset {m['preset']['name']}, backend {m['backend']} ({m['backend_library']}), precision "
+              f"{m['precision']}, target {m['target']['device']} {m['target']['machine']}")
+    out.print("versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))
+    out.print(f"weights: {m['weights']}")
+    table = Table(title="stages")
+    for col in ("stage", "file", "inputs", "outputs"):
+        table.add_column(col)
+    for stage, info in m["stages"].items():
+        fmt = lambda ts: "\n".join(f"{t['name']} {t['dtype']} {t['shape']}" for t in ts)  # noqa: E731
+        table.add_row(stage, info["file"], fmt(info["inputs"]), fmt(info["outputs"]))
+    out.print(table)
+    files = Table(title="files")
+    files.add_column("file")
+    files.add_column("sha256")
+    for f, digest in m["files"].items():
+        files.add_row(f, digest)
+    out.print(files)
     return 0
 
 

@@ -1,0 +1,106 @@
+"""The six stages of DESIGN.md as modules with plain-tensor inputs and outputs (state and cache included).
+
+    audio_enc     wave [B, S], state...             -> z [B, A, Za], state...
+    video_enc     frames [B, 3, 4, H, W], state...  -> z [B, Zv, h, w], state...
+    thinker_step  unit inputs, cache, cache_len, unit_index -> text_logits, text_tokens, k_delta, v_delta
+    flow_step     noisy latents, t, cache, cache_len, unit_index -> v_audio, v_video
+    audio_dec     z [B, A, Za], state...            -> wave [B, S], state...
+    video_dec     z [B, Zv, h, w], state...         -> frames [B, 3, 4, H, W], state...
+
+Every shape is fixed by the preset (batch too: one engine per batch size). `StageSpec.example_inputs`
+are valid inputs of the right shapes; the codec stages' initial states are the real ones (the video
+stream's priming frame included) and travel with the engines.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from model_src.kv_cache import init_cache
+from model_src.system import AVSystem
+
+STAGE_NAMES = ("audio_enc", "video_enc", "thinker_step", "flow_step", "audio_dec", "video_dec")
+
+
+@dataclass
+class StageSpec:
+    name: str
+    module: nn.Module
+    example_inputs: dict[str, torch.Tensor]  # in the module's argument order
+    output_names: list[str]
+    initial_state: dict[str, torch.Tensor]  # state inputs of a fresh stream (codec stages), else empty
+
+
+class CodecStep(nn.Module):
+    """step(x, state) -> (y, state) of a VAE, as forward(x, *state) -> (y, *state)."""
+
+    def __init__(self, step: Callable) -> None:
+        super().__init__()
+        self.step = step
+
+    def forward(self, x: torch.Tensor, *state: torch.Tensor):
+        y, new_state = self.step(x, state)
+        return (y, *new_state)
+
+
+class ThinkerStep(nn.Module):
+    def __init__(self, system: AVSystem) -> None:
+        super().__init__()
+        self.model = system.model
+
+    def forward(self, text_in, video_in, audio_in, audio_prev, video_prev, cache_k, cache_v, cache_len, unit_index):
+        out = self.model.thinker_step(text_in, video_in, audio_in, audio_prev, video_prev, cache_k, cache_v,
+                                      cache_len, unit_index)
+        return out.text_logits, out.text_tokens, out.k_delta, out.v_delta
+
+
+class FlowStep(nn.Module):
+    def __init__(self, system: AVSystem) -> None:
+        super().__init__()
+        self.model = system.model
+
+    def forward(self, noisy_audio, noisy_video, t, cache_k, cache_v, cache_len, unit_index):
+        return self.model.flow_step(noisy_audio, noisy_video, t, cache_k, cache_v, cache_len, unit_index)
+
+
+def _codec(name: str, step: Callable, x_name: str, x: torch.Tensor, y_name: str, state) -> StageSpec:
+    state_in = {f"state_{i}": s for i, s in enumerate(state)}
+    return StageSpec(name, CodecStep(step), {x_name: x, **state_in},
+                     [y_name] + [f"new_state_{i}" for i in range(len(state))], dict(state_in))
+
+
+def make_stages(system: AVSystem, batch: int = 1) -> list[StageSpec]:
+    """All six stages of `system` with example inputs (seeded, valid) for `batch` streams."""
+    p = system.preset
+    g = torch.Generator().manual_seed(0)
+    a, h, w = p.audio_frames_per_unit, p.latent_height, p.latent_width
+    av, vv = system.audio_vae, system.video_vae
+    cache = init_cache(p, batch, dtype=system.model.dtype)
+    k, v = torch.randn(cache.k.shape, generator=g), torch.randn(cache.v.shape, generator=g)
+    cache_len = torch.full((batch,), 3 * p.tokens_per_unit, dtype=torch.int64)
+    unit_index = torch.full((batch,), 3, dtype=torch.int64)
+    za, zv = torch.randn(batch, a, p.audio_z, generator=g), torch.randn(batch, p.video_z, h, w, generator=g)
+    thinker = {"text_in": torch.randint(0, p.vocab_size, (batch, p.text_in_tokens), generator=g),
+               "video_in": zv, "audio_in": za, "audio_prev": za.flip(1), "video_prev": zv.flip(1),
+               "cache_k": k, "cache_v": v, "cache_len": cache_len, "unit_index": unit_index}
+    flow = {"noisy_audio": torch.randn(za.shape, generator=g), "noisy_video": torch.randn(zv.shape, generator=g),
+            "t": torch.full((batch,), 0.25), "cache_k": k, "cache_v": v, "cache_len": cache_len,
+            "unit_index": unit_index}
+    wave = 0.3 * torch.randn(batch, p.samples_per_unit, generator=g)
+    frames = torch.rand(batch, 3, p.frames_per_unit, p.frame_height, p.frame_width, generator=g) * 2 - 1
+    with torch.no_grad():
+        specs = [
+            _codec("audio_enc", av.encode_step, "wave", wave, "z", av.init_encoder_state(batch)),
+            _codec("video_enc", vv.encode_step, "frames", frames, "z", vv.init_encoder_state(batch)),
+            StageSpec("thinker_step", ThinkerStep(system), thinker,
+                      ["text_logits", "text_tokens", "k_delta", "v_delta"], {}),
+            StageSpec("flow_step", FlowStep(system), flow, ["v_audio", "v_video"], {}),
+            _codec("audio_dec", av.decode_step, "z", za, "wave", av.init_decoder_state(batch)),
+            _codec("video_dec", vv.decode_step, "z", zv, "frames", vv.init_decoder_state(batch)),
+        ]
+    for spec in specs:
+        spec.module.eval()
+    return specs

@@ -1,0 +1,95 @@
+"""Engines behind one small interface: `load_engines(dir)` -> {stage: Engine}; `engine.run(feeds)`.
+
+An Engine has `inputs` / `outputs` (TensorSpec lists from the manifest) and `run({name: array}) ->
+{name: array}`; feeds are checked against the spec first (names, shapes, dtypes), so a wrong input
+fails with a message naming expected and received, not inside the backend.
+Backends: "ort" (onnxruntime; imported only when used). This module imports neither torch nor model_src.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .manifest import ManifestError, TensorSpec, read_manifest, stage_io
+
+
+class EngineInputError(ValueError):
+    """Feeds that do not match an engine's input spec."""
+
+
+class Engine:
+    backend = "abstract"
+
+    def __init__(self, stage: str, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+        self.stage, self.inputs, self.outputs = stage, inputs, outputs
+
+    def check(self, feeds: dict[str, np.ndarray]) -> None:
+        names = [t.name for t in self.inputs]
+        if set(feeds) != set(names):
+            raise EngineInputError(f"{self.stage}: expected inputs {names}, got {sorted(feeds)}")
+        for t in self.inputs:
+            x = feeds[t.name]
+            if tuple(x.shape) != t.shape or x.dtype != np.dtype(t.dtype):
+                raise EngineInputError(f"{self.stage}.{t.name}: expected {t.dtype} {list(t.shape)}, "
+                                       f"got {x.dtype} {list(x.shape)}")
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+class OrtEngine(Engine):
+    backend = "ort"
+
+    def __init__(self, stage: str, path: Path, inputs, outputs, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        super().__init__(stage, inputs, outputs)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=ort.get_available_providers())
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.check(feeds)
+        outs = self.session.run([t.name for t in self.outputs], feeds)
+        return dict(zip((t.name for t in self.outputs), outs))
+
+
+def installed_versions() -> dict[str, str | None]:
+    """Versions of the backend libraries on this machine (None where one is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for lib in ("onnxruntime", "torch", "tensorrt", "onnx"):
+        try:
+            out[lib] = version(lib)
+        except PackageNotFoundError:
+            out[lib] = None
+    return out
+
+
+def load_engines(directory: str | Path, expect_preset: str | None = None,
+                 threads: int | None = None) -> tuple[dict, dict[str, Engine]]:
+    """(manifest, {stage: Engine}) of an engine directory, after checking its manifest."""
+    directory = Path(directory)
+    manifest = read_manifest(directory, expect_preset, installed_versions())
+    if manifest["backend"] != "ort":
+        raise ManifestError(f"{directory}: backend {manifest['backend']!r} cannot be loaded by this runtime yet")
+    engines = {}
+    for stage, info in manifest["stages"].items():
+        inputs, outputs = stage_io(manifest, stage)
+        engines[stage] = OrtEngine(stage, directory / info["file"], inputs, outputs, threads)
+    return manifest, engines
+
+
+def load_initial_state(directory: str | Path, manifest: dict) -> dict[str, dict[str, np.ndarray]]:
+    """{stage: {input name: array}}: the codec stages' state inputs for a fresh stream."""
+    from safetensors.numpy import load_file
+
+    flat = load_file(str(Path(directory) / manifest["initial_state"]))
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key, array in flat.items():
+        stage, name = key.split(".", 1)
+        out.setdefault(stage, {})[name] = array
+    return out

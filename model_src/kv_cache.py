@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import torch
 
+from streamer.units import cache_slot as shared_cache_slot
+
 from .config import Preset
 
 
@@ -31,9 +33,7 @@ def init_cache(p: Preset, batch: int, dtype: torch.dtype = torch.float32,
 
 def cache_slot(p: Preset, unit_index: int) -> int:
     """Unit slot (0 .. cache_units - 1) that unit `unit_index` is written to."""
-    if unit_index < p.cache_units:
-        return unit_index
-    return p.sink_units + (unit_index - p.sink_units) % p.window_units
+    return shared_cache_slot(unit_index, p.sink_units, p.window_units)
 
 
 def append_unit(p: Preset, cache: KVCache, k_delta: torch.Tensor, v_delta: torch.Tensor,

@@ -15,37 +15,26 @@ anything runs, so a bad unit raises `InputError` and leaves the session exactly 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 
 from streamer.timing import StageTimer
-from streamer.units import check_audio_unit, check_frames_unit, check_text_unit, unit_noise
+from streamer.units import (UnitResult, check_audio_unit, check_frames_unit, check_text_unit, frames_to_model,
+                            model_to_frames, unit_noise)
 
 from .flow import euler_solve
 from .kv_cache import append_unit, init_cache
 from .system import AVSystem
 
 
-@dataclass
-class UnitResult:
-    unit_index: int
-    text_tokens: np.ndarray  # [n_text_out] int64, the model's text for unit k
-    audio: np.ndarray | None  # [samples_per_unit] float32, output audio of unit k - 1 (None at k = 0)
-    frames: np.ndarray | None  # [frames_per_unit, H, W, 3] uint8, output video of unit k - 1
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 [F, H, W, 3] -> float32 [1, 3, F, H, W] in [-1, 1]."""
-    return torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1.0)
+    return torch.from_numpy(frames_to_model(frames))
 
 
 def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
     """float [1, 3, F, H, W] in [-1, 1] -> uint8 [F, H, W, 3]."""
-    x = video[0].float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-    return x.permute(1, 2, 3, 0).numpy()
+    return model_to_frames(video.float().numpy())
 
 
 class ReferenceSession:

@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args) or 0
-    except (InputError, ValueError, FileNotFoundError) as e:  # user-facing errors (WeightsError too): no traceback
+    except (InputError, ValueError, FileNotFoundError) as e:  # user-facing errors (WeightsError, ManifestError,
+        # EngineInputError too): no traceback
         console.print("[bold red]error:[/]", escape(str(e)))
         return 2
     except KeyboardInterrupt:
@@ -52,11 +53,14 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="stream a clip through a session and write the output")
     run.add_argument("--preset", default=None, help="tiny | small | base | large (default: the weights' preset, else tiny)")
-    run.add_argument("--backend", default="torch", choices=["torch"], help="execution backend (default: torch)")
+    run.add_argument("--backend", default=None, choices=["torch", "ort"],
+                     help="torch (eager reference) or the engines' backend (default: torch, or the engines')")
+    run.add_argument("--engines", type=Path, help="engine directory from `streamer build` (runs on the engines)")
     run.add_argument("--weights", type=Path, help="safetensors weights (default: seeded random weights)")
     run.add_argument("--input", default="synthetic", help="'synthetic' or 'AUDIO.wav+VIDEO.mp4' (24 kHz mono, 25 fps)")
     run.add_argument("--units", type=int, default=None, help="units of 160 ms to stream (default: 50 synthetic, all of a file)")
-    run.add_argument("--seed", type=int, default=0, help="seed of random weights, synthetic input and solver noise")
+    run.add_argument("--seed", type=int, default=0, help="seed of the synthetic input and the solver noise")
+    run.add_argument("--weights-seed", type=int, default=0, help="seed of random weights (without --weights)")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--out", type=Path, required=True, help="output folder")
     run.set_defaults(func=cmd_run)
@@ -85,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--backend", default="ort", choices=["ort"], help="engine backend (default: ort)")
     build.add_argument("--precision", default="fp32", choices=["fp32"], help="engine precision (default: fp32)")
     build.add_argument("--weights", type=Path, help="safetensors weights (default: seeded random weights)")
-    build.add_argument("--seed", type=int, default=0, help="seed of random weights")
+    build.add_argument("--weights-seed", type=int, default=0, help="seed of random weights (without --weights)")
     build.add_argument("--out", type=Path, required=True, help="engine directory to write")
     build.set_defaults(func=cmd_build)
 
@@ -130,25 +134,43 @@ def _read_input(spec: str, preset, units: int | None, seed: int):
     return split_units(audio, frames, preset, units)
 
 
+def _open_session(args):
+    """(session, preset-like spec) for `run`: the torch reference, or the engines of --engines."""
+    if args.engines is None:
+        if args.backend not in (None, "torch"):
+            raise ValueError(f"--backend {args.backend} needs --engines DIR (build them with `streamer build`)")
+        from model_src.session import ReferenceSession
+
+        system = _load_system(args.preset, args.weights, args.weights_seed)
+        return ReferenceSession(system, seed=args.seed), system.preset
+    from runtime.session import EngineSession
+
+    if args.weights is not None:
+        raise ValueError("--weights goes with the torch backend; engines carry the weights they were built with")
+    session = EngineSession(args.engines, seed=args.seed, expect_preset=args.preset, threads=args.threads)
+    backend = session.manifest["backend"]
+    if args.backend not in (None, backend):
+        raise ValueError(f"{args.engines} holds {backend} engines, but --backend {args.backend} was given")
+    args.backend = backend
+    return session, session.spec
+
+
 def cmd_run(args) -> int:
     import numpy as np
-    import torch
     from rich.progress import Progress
-
-    from model_src.session import ReferenceSession
 
     from .media import write_video, write_wav
     from .timing import summarize
 
     if args.threads:
+        import torch
+
         torch.set_num_threads(args.threads)
-    system = _load_system(args.preset, args.weights, args.seed)
-    p = system.preset
+    session, p = _open_session(args)
     units = _read_input(args.input, p, args.units, args.seed)
-    session = ReferenceSession(system, seed=args.seed)
     audio_out, frames_out, texts, rows = [], [], [], []
     with Progress(console=console, transient=True) as bar:
-        task = bar.add_task(f"streaming {len(units)} units ({p.name}, {args.backend})", total=len(units))
+        task = bar.add_task(f"streaming {len(units)} units ({p.name}, {args.backend or 'torch'})", total=len(units))
         for audio, frames in units:
             r = session.step(audio, frames)
             if r.audio is not None:
@@ -164,6 +186,7 @@ def cmd_run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     write_wav(args.out / "out.wav", np.concatenate(audio_out), p.sample_rate)
     write_video(args.out / "out.mp4", np.concatenate(frames_out), p.fps)
+    np.save(args.out / "out_audio.npy", np.concatenate(audio_out))  # unquantized, for comparing backends
     (args.out / "text.json").write_text(json.dumps(texts, indent=0))
     with open(args.out / "timings.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["unit", *rows[0]])
@@ -171,7 +194,7 @@ def cmd_run(args) -> int:
         for k, row in enumerate(rows):
             writer.writerow({"unit": k, **{s: f"{v:.3f}" for s, v in row.items()}})
     _print_timings(summarize(rows), p.unit_ms, len(rows))
-    console.print(f"wrote {args.out}/out.wav, out.mp4, text.json, timings.csv")
+    console.print(f"wrote {args.out}/out.wav, out.mp4, out_audio.npy, text.json, timings.csv")
     return 0
 
 
@@ -221,9 +244,9 @@ def cmd_build(args) -> int:
     from export.build import build
     from runtime.manifest import sha256
 
-    system = _load_system(args.preset, args.weights, args.seed)
+    system = _load_system(args.preset, args.weights, args.weights_seed)
     weights = ({"file": str(args.weights.resolve()), "sha256": sha256(args.weights)} if args.weights
-               else {"seed": args.seed})
+               else {"seed": args.weights_seed})
     with Progress(console=console) as bar:
         task = bar.add_task(f"building {system.preset.name} ({args.backend}, {args.precision})", total=6)
 

@@ -6,6 +6,8 @@ frame_width, unit_ms.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 
@@ -67,3 +69,32 @@ def unit_noise(seed: int, unit_index: int, audio_shape: tuple[int, ...], video_s
     """The solver's starting noise for one unit, float32, reproducible from (seed, unit_index) alone."""
     rng = np.random.default_rng([seed, unit_index])
     return (rng.standard_normal(audio_shape, dtype=np.float32), rng.standard_normal(video_shape, dtype=np.float32))
+
+
+def cache_slot(unit_index: int, sink_units: int, window_units: int) -> int:
+    """KV-cache unit slot of unit `unit_index`: the first `sink_units` stay, later ones go round a ring."""
+    if unit_index < sink_units + window_units:
+        return unit_index
+    return sink_units + (unit_index - sink_units) % window_units
+
+
+@dataclass
+class UnitResult:
+    """What a session gives back for unit k."""
+
+    unit_index: int
+    text_tokens: np.ndarray  # [n_text_out] int64, the model's text for unit k
+    audio: np.ndarray | None  # [samples_per_unit] float32, output audio of unit k - 1 (None at k = 0)
+    frames: np.ndarray | None  # [frames_per_unit, H, W, 3] uint8, output video of unit k - 1
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def frames_to_model(frames: np.ndarray) -> np.ndarray:
+    """uint8 [F, H, W, 3] -> float32 [1, 3, F, H, W] in [-1, 1]."""
+    return (frames.transpose(3, 0, 1, 2)[None].astype(np.float32) / np.float32(127.5) - np.float32(1.0))
+
+
+def model_to_frames(video: np.ndarray) -> np.ndarray:
+    """float [1, 3, F, H, W] in [-1, 1] -> uint8 [F, H, W, 3]."""
+    x = np.clip(np.round((video[0].astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return x.transpose(1, 2, 3, 0)

@@ -1,4 +1,8 @@
-"""`streamer build`: a preset (random or given weights) -> one engine per stage + manifest.json."""
+"""`streamer build`: a preset (random or given weights) -> one engine per stage + manifest.json.
+
+Backends: "ort" (ONNX graphs for ONNX Runtime, checked against TensorRT's operator set) and "aoti"
+(AOTInductor packages, compiled for this machine's device).
+"""
 from __future__ import annotations
 
 import platform
@@ -7,10 +11,11 @@ from typing import Callable
 
 from model_src.config import Preset
 
+from .aoti_export import export_stage_aoti
 from .onnx_export import export_stage
 from .stages import make_stages
 
-BACKENDS = {"ort": "onnxruntime"}  # backend -> the library whose version the engines depend on
+BACKENDS = {"ort": "onnxruntime", "aoti": "torch"}  # backend -> the library the engines depend on
 PRECISIONS = ("fp32",)
 
 
@@ -36,8 +41,12 @@ def build(system, out: Path, backend: str = "ort", precision: str = "fp32", weig
     stages, initial = {}, {}
     for spec in make_stages(system):
         on_stage(spec.name)
-        path = out / f"{spec.name}.onnx"
-        inputs, outputs = export_stage(spec, path)
+        if backend == "ort":
+            path = out / f"{spec.name}.onnx"
+            inputs, outputs = export_stage(spec, path)
+        else:
+            path = out / f"{spec.name}.pt2"
+            inputs, outputs = export_stage_aoti(spec, path)
         stages[spec.name] = {"file": path.name, "inputs": [t.to_json() for t in inputs],
                              "outputs": [t.to_json() for t in outputs]}
         initial.update({f"{spec.name}.{k}": v.detach().numpy() for k, v in spec.initial_state.items()})

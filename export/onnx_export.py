@@ -38,14 +38,30 @@ def export_stage(spec: StageSpec, path: Path) -> tuple[list[TensorSpec], list[Te
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(spec.module, args, input_names=list(spec.example_inputs),
-                                    output_names=spec.output_names, dynamo=True, optimize=True, verbose=False,
+                                    output_names=spec.output_names, dynamo=True, optimize=False, verbose=False,
                                     custom_translation_table=CUSTOM_TRANSLATION)
+    simplify(program.model)
     program.save(str(path))
     onnx.checker.check_model(str(path), full_check=False)
     onnx.shape_inference.infer_shapes_path(str(path), check_type=True)
     model = onnx.load(str(path), load_external_data=False)
     check_tensorrt_ops(model, spec.name)
     return _specs(model.graph.input, spec.name), _specs(model.graph.output, spec.name)
+
+
+def simplify(model) -> None:
+    """Inline torchlib's functions and fold constants (with shape inference), in place.
+
+    This is what turns CastLike / SplitToSequence / SequenceAt, which TensorRT does not parse, into
+    Cast / Split; the exporter's full optimizer does it too, but its pattern rewriter takes tens of
+    minutes on a 28-layer graph, and this takes about a second.
+    """
+    import onnx_ir as ir
+    import onnxscript.optimizer
+
+    ir.passes.common.InlinePass()(model)
+    onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True)
+    onnxscript.optimizer.remove_unused_nodes(model)
 
 
 def check_tensorrt_ops(model: onnx.ModelProto, stage: str) -> None:

@@ -3,7 +3,8 @@
 An Engine has `inputs` / `outputs` (TensorSpec lists from the manifest) and `run({name: array}) ->
 {name: array}`; feeds are checked against the spec first (names, shapes, dtypes), so a wrong input
 fails with a message naming expected and received, not inside the backend.
-Backends: "ort" (onnxruntime; imported only when used). This module imports neither torch nor model_src.
+Backends: "ort" (onnxruntime) and "aoti" (AOTInductor packages: torch, no model_src), each imported
+only when such an engine is loaded; this module imports neither torch nor model_src itself.
 """
 from __future__ import annotations
 
@@ -56,6 +57,29 @@ class OrtEngine(Engine):
         return dict(zip((t.name for t in self.outputs), outs))
 
 
+class AotiEngine(Engine):
+    """An AOTInductor package; needs torch (imported here, when such an engine is loaded)."""
+
+    backend = "aoti"
+
+    def __init__(self, stage: str, path: Path, inputs, outputs) -> None:
+        import torch
+
+        super().__init__(stage, inputs, outputs)
+        self._torch = torch
+        self.runner = torch._inductor.aoti_load_package(str(path))
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.check(feeds)
+        args = [self._torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in self.inputs]
+        with self._torch.no_grad():
+            outs = self.runner(*args)
+        return {t.name: o.numpy() for t, o in zip(self.outputs, outs)}
+
+
+ENGINE_TYPES = {"ort": OrtEngine, "aoti": AotiEngine}
+
+
 def installed_versions() -> dict[str, str | None]:
     """Versions of the backend libraries on this machine (None where one is not installed)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -74,12 +98,15 @@ def load_engines(directory: str | Path, expect_preset: str | None = None,
     """(manifest, {stage: Engine}) of an engine directory, after checking its manifest."""
     directory = Path(directory)
     manifest = read_manifest(directory, expect_preset, installed_versions())
-    if manifest["backend"] != "ort":
-        raise ManifestError(f"{directory}: backend {manifest['backend']!r} cannot be loaded by this runtime yet")
+    kind = ENGINE_TYPES.get(manifest["backend"])
+    if kind is None:
+        raise ManifestError(f"{directory}: backend {manifest['backend']!r} cannot be loaded by this runtime; "
+                            f"it loads {sorted(ENGINE_TYPES)}")
     engines = {}
     for stage, info in manifest["stages"].items():
         inputs, outputs = stage_io(manifest, stage)
-        engines[stage] = OrtEngine(stage, directory / info["file"], inputs, outputs, threads)
+        extra = {"threads": threads} if kind is OrtEngine else {}
+        engines[stage] = kind(stage, directory / info["file"], inputs, outputs, **extra)
     return manifest, engines
 
 

@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="stream a clip through a session and write the output")
     run.add_argument("--preset", default=None, help="tiny | small | base | large (default: the weights' preset, else tiny)")
-    run.add_argument("--backend", default=None, choices=["torch", "ort"],
+    run.add_argument("--backend", default=None, choices=["torch", "ort", "aoti"],
                      help="torch (eager reference) or the engines' backend (default: torch, or the engines')")
     run.add_argument("--engines", type=Path, help="engine directory from `streamer build` (runs on the engines)")
     run.add_argument("--weights", type=Path, help="safetensors weights (default: seeded random weights)")
@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 
     build = sub.add_parser("build", help="export every stage to ONNX and build engines + manifest.json")
     build.add_argument("--preset", default=None, help="tiny | small | base | large (default: the weights' preset, else tiny)")
-    build.add_argument("--backend", default="ort", choices=["ort"], help="engine backend (default: ort)")
+    build.add_argument("--backend", default="ort", choices=["ort", "aoti"], help="engine backend (default: ort)")
     build.add_argument("--precision", default="fp32", choices=["fp32"], help="engine precision (default: fp32)")
     build.add_argument("--weights", type=Path, help="safetensors weights (default: seeded random weights)")
     build.add_argument("--weights-seed", type=int, default=0, help="seed of random weights (without --weights)")

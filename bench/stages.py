@@ -1,0 +1,65 @@
+"""Benchmark: each stage's time per 160 ms unit, engines against torch eager, side by side in one run.
+
+    python bench/stages.py --engines DIR [--repeats 5] [--threads N]
+
+Both run the stage's example inputs (the build's shapes); flow_step counts once per solver step, so
+its per-unit time is `flow_steps` runs. Prints a markdown table for docs/BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+
+from export.stages import make_stages
+from export.verify import reference_system
+from runtime.engines import load_engines
+
+
+def best_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - t0))
+    return float(np.median(times))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--engines", required=True)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    manifest, engines = load_engines(args.engines, threads=args.threads)
+    system = reference_system(manifest)
+    steps = system.preset.flow_steps
+    rows = []
+    for spec in make_stages(system):
+        feeds = {k: v.numpy() for k, v in spec.example_inputs.items()}
+        args_t = tuple(spec.example_inputs.values())
+
+        def eager():
+            with torch.no_grad():
+                spec.module(*args_t)
+        per_unit = steps if spec.name == "flow_step" else 1
+        t_torch = best_ms(eager, args.repeats) * per_unit
+        t_engine = best_ms(lambda: engines[spec.name].run(feeds), args.repeats) * per_unit
+        rows.append((spec.name, t_torch, t_engine))
+        print(f"{spec.name}: torch {t_torch:.1f} ms, {manifest['backend']} {t_engine:.1f} ms", flush=True)
+    print(f"\n{manifest['preset']['name']} preset, {manifest['backend']} engines, {torch.get_num_threads()} threads, "
+          f"{platform.machine()}, torch {torch.__version__}; median of {args.repeats}, ms per 160 ms unit\n")
+    print(f"| stage | torch eager | {manifest['backend']} | speed-up |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, a, b in rows:
+        print(f"| {name}{f' (x{steps})' if name == 'flow_step' else ''} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

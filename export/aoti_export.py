@@ -1,0 +1,27 @@
+"""One stage to an AOTInductor package (.pt2): torch.export, then compiled ahead of time for this device."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from runtime.manifest import TensorSpec
+
+from .stages import StageSpec
+
+
+def export_stage_aoti(spec: StageSpec, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Compile `spec` into the package `path`; returns its (inputs, outputs) as TensorSpecs."""
+    args = tuple(spec.example_inputs.values())
+    logging.getLogger("torch._inductor").setLevel(logging.ERROR)
+    with torch.no_grad():
+        program = torch.export.export(spec.module, args, strict=False)
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        outputs = spec.module(*args)
+    return ([_spec(n, x) for n, x in spec.example_inputs.items()],
+            [_spec(n, x) for n, x in zip(spec.output_names, outputs)])
+
+
+def _spec(name: str, x: torch.Tensor) -> TensorSpec:
+    return TensorSpec(name, tuple(x.shape), str(x.dtype).removeprefix("torch."))

@@ -1,0 +1,58 @@
+"""ONNX -> serialized TensorRT engine with the TensorRT 10 Python API (needs `tensorrt` and a GPU).
+
+Static shapes come from the ONNX graph (one optimization profile pins them, so a graph exported with a
+dynamic batch gets min = opt = max = the given shapes); precision flags FP16 / BF16 / FP8 / INT8 (INT8
+and FP8 expect QuantizeLinear/DequantizeLinear pairs from calibration); a timing cache shared by all
+stages of a build; our attention plugin registered first so its ONNX nodes parse.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+PRECISION_FLAGS = {"fp32": [], "fp16": ["FP16"], "bf16": ["BF16"], "fp8": ["FP8", "FP16"], "int8": ["INT8", "FP16"]}
+
+
+class TensorRTUnavailable(RuntimeError):
+    pass
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise TensorRTUnavailable("TensorRT is not installed: on a machine with an NVIDIA GPU run "
+                                  "`pip install -e \".[gpu]\"` (tensorrt, onnxruntime-gpu, cuda-python)") from None
+    return trt
+
+
+def build_engine(onnx_path: Path, engine_path: Path, precision: str, timing_cache: Path,
+                 input_shapes: dict[str, tuple[int, ...]], workspace_gib: int = 8) -> None:
+    """Parse `onnx_path`, build for `precision`, write `engine_path`; update the timing cache file."""
+    trt = import_tensorrt()
+    from kernels.tensorrt_plugin import register
+
+    if precision not in PRECISION_FLAGS:
+        raise ValueError(f"precision {precision!r}: expected one of {list(PRECISION_FLAGS)}")
+    register()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_gib << 30)
+    for flag in PRECISION_FLAGS[precision]:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    profile = builder.create_optimization_profile()
+    for name, shape in input_shapes.items():
+        profile.set_shape(name, shape, shape, shape)
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build {onnx_path.name} ({precision}); see the log above")
+    engine_path.write_bytes(bytes(serialized))
+    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -15,7 +16,8 @@ def export_stage_aoti(spec: StageSpec, path: Path) -> tuple[list[TensorSpec], li
     """Compile `spec` into the package `path`; returns its (inputs, outputs) as TensorSpecs."""
     args = tuple(spec.example_inputs.values())
     logging.getLogger("torch._inductor").setLevel(logging.ERROR)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.export's deprecation chatter, not the user's concern
         program = torch.export.export(spec.module, args, strict=False)
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
         outputs = spec.module(*args)

@@ -12,8 +12,8 @@ from pathlib import Path
 PRECISION_FLAGS = {"fp32": [], "fp16": ["FP16"], "bf16": ["BF16"], "fp8": ["FP8", "FP16"], "int8": ["INT8", "FP16"]}
 
 
-class TensorRTUnavailable(RuntimeError):
-    pass
+class TensorRTUnavailable(ValueError):
+    """TensorRT is not importable here (a user-facing error: the CLI prints it without a traceback)."""
 
 
 def import_tensorrt():

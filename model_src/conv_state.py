@@ -34,7 +34,9 @@ class StateIO:
         return s
 
     def put(self, new_state: torch.Tensor) -> None:
-        self.out.append(new_state)
+        # contiguous: a state is usually a slice of a concatenation, and an engine output that is a view
+        # into an intermediate buffer came back corrupted from AOTInductor packages
+        self.out.append(new_state.contiguous())
 
     def result(self) -> State:
         if self._in is not None and self._next != len(self._in):

@@ -3,8 +3,9 @@
 An Engine has `inputs` / `outputs` (TensorSpec lists from the manifest) and `run({name: array}) ->
 {name: array}`; feeds are checked against the spec first (names, shapes, dtypes), so a wrong input
 fails with a message naming expected and received, not inside the backend.
-Backends: "ort" (onnxruntime) and "aoti" (AOTInductor packages: torch, no model_src), each imported
-only when such an engine is loaded; this module imports neither torch nor model_src itself.
+Backends: "ort" (onnxruntime), "aoti" (AOTInductor packages: torch, no model_src) and "trt"
+(TensorRT, with torch for CUDA buffers), each imported only when such an engine is loaded; this module
+imports neither torch nor model_src itself.
 """
 from __future__ import annotations
 
@@ -77,7 +78,45 @@ class AotiEngine(Engine):
         return {t.name: o.numpy() for t, o in zip(self.outputs, outs)}
 
 
-ENGINE_TYPES = {"ort": OrtEngine, "aoti": AotiEngine}
+class TrtEngine(Engine):
+    """A serialized TensorRT engine, run on one CUDA stream with torch tensors as device buffers."""
+
+    backend = "trt"
+
+    def __init__(self, stage: str, path: Path, inputs, outputs) -> None:
+        import tensorrt as trt
+        import torch
+
+        from kernels.tensorrt_plugin import register
+
+        super().__init__(stage, inputs, outputs)
+        register()  # the attention plugin, if the graph holds it
+        self._torch = torch
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise ManifestError(f"{path}: TensorRT could not deserialize this engine (other TensorRT or GPU?)")
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+        self.buffers = {t.name: torch.empty(t.shape, dtype=getattr(torch, t.dtype), device="cuda")
+                        for t in inputs + outputs}
+        for name, buf in self.buffers.items():
+            self.context.set_tensor_address(name, buf.data_ptr())
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.check(feeds)
+        torch = self._torch
+        with torch.cuda.stream(self.stream):
+            for t in self.inputs:
+                self.buffers[t.name].copy_(torch.from_numpy(np.ascontiguousarray(feeds[t.name])), non_blocking=True)
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError(f"{self.stage}: TensorRT execution failed")
+            outs = {t.name: self.buffers[t.name].cpu() for t in self.outputs}
+        self.stream.synchronize()
+        return {k: v.numpy() for k, v in outs.items()}
+
+
+ENGINE_TYPES = {"ort": OrtEngine, "aoti": AotiEngine, "trt": TrtEngine}
 
 
 def installed_versions() -> dict[str, str | None]:

@@ -52,15 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(metavar="COMMAND")
 
     run = sub.add_parser("run", help="stream a clip through a session and write the output")
-    run.add_argument("--preset", default=None, help="tiny | small | base | large (default: the weights' preset, else tiny)")
-    run.add_argument("--backend", default=None, choices=["torch", "ort", "aoti"],
+    _add_model_args(run)
+    run.add_argument("--backend", default=None, choices=["torch", "ort", "aoti", "trt"],
                      help="torch (eager reference) or the engines' backend (default: torch, or the engines')")
     run.add_argument("--engines", type=Path, help="engine directory from `streamer build` (runs on the engines)")
-    run.add_argument("--weights", type=Path, help="safetensors weights (default: seeded random weights)")
     run.add_argument("--input", default="synthetic", help="'synthetic' or 'AUDIO.wav+VIDEO.mp4' (24 kHz mono, 25 fps)")
     run.add_argument("--units", type=int, default=None, help="units of 160 ms to stream (default: 50 synthetic, all of a file)")
     run.add_argument("--seed", type=int, default=0, help="seed of the synthetic input and the solver noise")
-    run.add_argument("--weights-seed", type=int, default=0, help="seed of random weights (without --weights)")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--out", type=Path, required=True, help="output folder")
     run.set_defaults(func=cmd_run)
@@ -85,11 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_import_weights)
 
     build = sub.add_parser("build", help="export every stage to ONNX and build engines + manifest.json")
-    build.add_argument("--preset", default=None, help="tiny | small | base | large (default: the weights' preset, else tiny)")
-    build.add_argument("--backend", default="ort", choices=["ort", "aoti"], help="engine backend (default: ort)")
-    build.add_argument("--precision", default="fp32", choices=["fp32"], help="engine precision (default: fp32)")
-    build.add_argument("--weights", type=Path, help="safetensors weights (default: seeded random weights)")
-    build.add_argument("--weights-seed", type=int, default=0, help="seed of random weights (without --weights)")
+    _add_model_args(build)
+    build.add_argument("--backend", default="ort", choices=["ort", "aoti", "trt"], help="engine backend (default: ort)")
+    build.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                       help="engine precision (default: fp32; fp16/bf16 for trt)")
     build.add_argument("--out", type=Path, required=True, help="engine directory to write")
     build.set_defaults(func=cmd_build)
 
@@ -102,6 +99,14 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("engines", type=Path, help="engine directory")
     inspect.set_defaults(func=cmd_inspect)
     return parser
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    """--preset, --weights, --weights-seed: which model (shared by run and build)."""
+    parser.add_argument("--preset", default=None,
+                        help="tiny | small | base | large (default: the weights' preset, else tiny)")
+    parser.add_argument("--weights", type=Path, help="safetensors weights (default: seeded random weights)")
+    parser.add_argument("--weights-seed", type=int, default=0, help="seed of random weights (without --weights)")
 
 
 def _load_system(preset_name: str | None, weights: Path | None, seed: int):

@@ -27,10 +27,11 @@ class StageCheck:
     max_rel: float
     tolerance: float
     tokens_equal: bool = True
+    polygraphy: bool | None = None  # polygraphy's own comparison (ort/trt engines), None where not run
 
     @property
     def ok(self) -> bool:
-        return self.max_rel <= self.tolerance and self.tokens_equal
+        return self.max_rel <= self.tolerance and self.tokens_equal and self.polygraphy is not False
 
 
 def reference_system(manifest: dict):
@@ -46,8 +47,11 @@ def reference_system(manifest: dict):
     return system
 
 
-def verify(directory: str | Path, units: int = 3, seed: int = 0) -> list[StageCheck]:
+def verify(directory: str | Path, units: int = 3, seed: int = 0, polygraphy: bool = True) -> list[StageCheck]:
+    """Check every stage of the engine directory; with `polygraphy`, also polygraphy's comparison."""
     from runtime.engines import load_engines
+
+    from .polygraphy_check import polygraphy_agrees
 
     manifest, engines = load_engines(directory)
     system = reference_system(manifest)
@@ -76,6 +80,9 @@ def verify(directory: str | Path, units: int = 3, seed: int = 0) -> list[StageCh
                 n = len(spec.initial_state)
                 torch_state = {f"state_{i}": torch.from_numpy(want[f"new_state_{i}"]) for i in range(n)}
                 engine_state = {f"state_{i}": got[f"new_state_{i}"] for i in range(n)}
+        if polygraphy and manifest["backend"] in ("ort", "trt"):
+            worst.polygraphy = polygraphy_agrees(spec, manifest["backend"],
+                                                 Path(directory) / manifest["stages"][spec.name]["file"])
         results.append(worst)
     return results
 

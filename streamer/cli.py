@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="check every engine against the torch reference")
     verify.add_argument("engines", type=Path, help="engine directory")
     verify.add_argument("--units", type=int, default=3, help="streamed units per stage (default 3)")
+    verify.add_argument("--no-polygraphy", action="store_true", help="skip polygraphy's own comparison")
     verify.set_defaults(func=cmd_verify)
 
     inspect = sub.add_parser("inspect", help="show what an engine directory holds")
@@ -270,13 +271,14 @@ def cmd_build(args) -> int:
 def cmd_verify(args) -> int:
     from export.verify import verify
 
-    results = verify(args.engines, units=args.units)
+    results = verify(args.engines, units=args.units, polygraphy=not args.no_polygraphy)
     table = Table(title=f"{args.engines}: engines against the torch reference ({args.units} streamed units)")
-    for col in ("stage", "max abs", "max rel", "tolerance", "tokens", "result"):
+    for col in ("stage", "max abs", "max rel", "tolerance", "tokens", "polygraphy", "result"):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for r in results:
         table.add_row(r.stage, f"{r.max_abs:.2e}", f"{r.max_rel:.2e}", f"{r.tolerance:.0e}",
-                      "equal" if r.tokens_equal else "DIFFER", "[green]ok[/]" if r.ok else "[red]FAIL[/]")
+                      "equal" if r.tokens_equal else "DIFFER",
+                      {None: "-", True: "agrees", False: "DIFFERS"}[r.polygraphy], "[green]ok[/]" if r.ok else "[red]FAIL[/]")
     out.print(table)
     failed = [r.stage for r in results if not r.ok]
     if failed:

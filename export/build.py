@@ -49,17 +49,14 @@ def build(system, out: Path, backend: str = "ort", precision: str = "fp32", weig
         if backend == "aoti":
             path = out / f"{spec.name}.pt2"
             inputs, outputs = export_stage_aoti(spec, path)
-        else:
-            path = out / f"{spec.name}.onnx"
+        else:  # trt keeps the ONNX it was built from under onnx/
+            onnx_dir = out / "onnx" if backend == "trt" else out
+            onnx_dir.mkdir(exist_ok=True)
+            path = onnx_dir / f"{spec.name}.onnx"
             inputs, outputs = export_stage(spec, path)
         if backend == "trt":
             from .tensorrt_build import build_engine
 
-            onnx_dir = out / "onnx"
-            onnx_dir.mkdir(exist_ok=True)
-            path = path.rename(onnx_dir / path.name)
-            for data in out.glob(f"{spec.name}.onnx.data"):
-                data.rename(onnx_dir / data.name)
             engine = out / f"{spec.name}.engine"
             build_engine(path, engine, precision, out / "timing.cache", {t.name: t.shape for t in inputs})
             path = engine

@@ -108,6 +108,11 @@ def _combine_kernel(OP, LSEP, OUT, n_rows, s_os, s_ls, D: tl.constexpr, SPLITS: 
     tl.store(OUT + rows[:, None] * D + d[None, :], (acc / den[:, None]).to(OUT.dtype.element_ty), mask=ok[:, None])
 
 
+def interpreted() -> bool:
+    """Whether Triton runs in its CPU interpreter (TRITON_INTERPRET=1), which wants the largest tiles."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def tile_config(rows: int, head_dim: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, target program count) for `rows` folded query rows.
 
@@ -115,7 +120,7 @@ def tile_config(rows: int, head_dim: int) -> tuple[int, int, int]:
     TRITON_INTERPRET=1 (CPU tests) the interpreter's cost is per program and per op, so tiles are as
     large as the problem and the cache is split in two at most; the kernel code is the same.
     """
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreted():
         return max(16, triton.next_power_of_2(rows)), 256, 2
     return max(16, min(64, triton.next_power_of_2(rows))), (64 if head_dim <= 64 else 32), 264
 
@@ -161,7 +166,7 @@ def block_attention_triton(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torc
         GROUP=group, D=d, BLOCK_M=block_m, BLOCK_N=block_n, N_SPLITS=splits, CAUSAL_TAIL=causal_tail, FP8=fp8)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous, whatever q's strides
     n_rows = b * hq * n_q
-    rows = triton.next_power_of_2(n_rows) if os.environ.get("TRITON_INTERPRET") == "1" else 16
+    rows = triton.next_power_of_2(n_rows) if interpreted() else 16
     launch(_combine_kernel)[(triton.cdiv(n_rows, rows),)](partial, lse, out, n_rows, partial.stride(2), lse.stride(2),
                                                           D=d, SPLITS=splits + 1, ROWS=rows)
     return out

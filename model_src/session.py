@@ -7,11 +7,11 @@ Per unit k (DESIGN.md, "Runtime", run sequentially here):
     flow solve (N Euler steps of flow_step)      -> clean latents y_k
     decode y_(k-1)                               -> the output audio and frames of unit k - 1
 
-Audio and video go through the causal VAEs (model_src/audio_vae.py, video_vae.py); the video stream
-starts from the VAE's mid-gray priming frame (see video_vae.py).
-
 so the output runs one unit behind the input; `flush()` decodes the last unit. Input is checked before
 anything runs, so a bad unit raises `InputError` and leaves the session exactly as it was.
+
+Audio and video go through the causal VAEs (model_src/audio_vae.py, video_vae.py); the video stream
+starts from the VAE's mid-gray priming frame (see video_vae.py).
 """
 from __future__ import annotations
 

@@ -12,15 +12,17 @@ from runtime.manifest import TensorSpec
 from .stages import StageSpec
 
 
-def export_stage_aoti(spec: StageSpec, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Compile `spec` into the package `path`; returns its (inputs, outputs) as TensorSpecs."""
-    args = tuple(spec.example_inputs.values())
+def export_stage_aoti(spec: StageSpec, path: Path, device: str = "cpu") -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Compile `spec` for `device` ("cpu" or "cuda") into the package `path`; returns its (inputs,
+    outputs) as TensorSpecs. A CUDA package is what the runtime captures as a CUDA graph."""
+    module = spec.module.to(device)
+    args = tuple(x.to(device) for x in spec.example_inputs.values())
     logging.getLogger("torch._inductor").setLevel(logging.ERROR)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.export's deprecation chatter, not the user's concern
-        program = torch.export.export(spec.module, args, strict=False)
+        program = torch.export.export(module, args, strict=False)
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
-        outputs = spec.module(*args)
+        outputs = module(*args)
     return ([_spec(n, x) for n, x in spec.example_inputs.items()],
             [_spec(n, x) for n, x in zip(spec.output_names, outputs)])
 

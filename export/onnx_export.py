@@ -64,12 +64,14 @@ def simplify(model) -> None:
     onnxscript.optimizer.remove_unused_nodes(model)
 
 
-def check_tensorrt_ops(model: onnx.ModelProto, stage: str) -> None:
-    """Every node must be an operator TensorRT's ONNX parser supports, or one of our plugins."""
+def check_tensorrt_ops(model: onnx.ModelProto, stage: str, extra_ops: dict[str, set[str]] | None = None) -> None:
+    """Every node must be an operator TensorRT's ONNX parser supports, or one of our plugins (or of
+    `extra_ops`, {domain: ops}, e.g. TensorRT's FP8 Q/DQ)."""
     supported = tensorrt_ops()
+    custom = {**PLUGIN_OPS, **(extra_ops or {})}
     bad = sorted({f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in model.graph.node
                   if (n.op_type not in supported if n.domain in ("", "ai.onnx")
-                      else n.op_type not in PLUGIN_OPS.get(n.domain, set()))})
+                      else n.op_type not in custom.get(n.domain, set()))})
     if bad:
         raise ExportCheckError(f"{stage}: operators TensorRT's ONNX parser does not support: {', '.join(bad)}")
 

@@ -132,17 +132,24 @@ def installed_versions() -> dict[str, str | None]:
     return out
 
 
-def load_engines(directory: str | Path, expect_preset: str | None = None,
-                 threads: int | None = None) -> tuple[dict, dict[str, Engine]]:
-    """(manifest, {stage: Engine}) of an engine directory, after checking its manifest."""
+def load_engines(directory: str | Path, expect_preset: str | None = None, threads: int | None = None,
+                 stages: list[str] | None = None) -> tuple[dict, dict[str, Engine]]:
+    """(manifest, {stage: Engine}) of an engine directory (all stages, or those named), after checking
+    its manifest. `threads`: CPU threads per ONNX Runtime engine (default: onnxruntime's choice)."""
     directory = Path(directory)
     manifest = read_manifest(directory, expect_preset, installed_versions())
     kind = ENGINE_TYPES.get(manifest["backend"])
     if kind is None:
         raise ManifestError(f"{directory}: backend {manifest['backend']!r} cannot be loaded by this runtime; "
                             f"it loads {sorted(ENGINE_TYPES)}")
+    if kind is AotiEngine and manifest["target"]["device"] == "cuda":
+        from .cuda_graphs import CudaGraphAotiEngine
+
+        kind = CudaGraphAotiEngine  # fixed shapes: each stage captured once as a CUDA graph, replayed per unit
     engines = {}
     for stage, info in manifest["stages"].items():
+        if stages is not None and stage not in stages:
+            continue
         inputs, outputs = stage_io(manifest, stage)
         extra = {"threads": threads} if kind is OrtEngine else {}
         engines[stage] = kind(stage, directory / info["file"], inputs, outputs, **extra)

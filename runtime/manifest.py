@@ -29,7 +29,7 @@ class TensorSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
     @classmethod
-    def from_json(cls, d: dict) -> "TensorSpec":
+    def from_json(cls, d: dict) -> TensorSpec:
         return cls(d["name"], tuple(d["shape"]), d["dtype"])
 
 

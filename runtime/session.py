@@ -1,106 +1,166 @@
-"""A streaming session on built engines: the reference session's unit, with numpy and the engines only.
+"""A streaming session on built engines, sequential or pipelined (thinker + performer processes).
 
-Per unit k (sequential; the pipelined thinker-performer schedule is the runtime issue's):
+One unit k, in both modes, reads top to bottom in `step`:
 
-    audio_enc, video_enc (user input of unit k)  -> latents; codec states carried
-    thinker_step                                 -> text tokens, KV delta; delta written to the cache
-    flow_step x N (Euler)                        -> clean latents y_k
-    audio_dec, video_dec (y_(k-1))               -> output audio and frames of unit k - 1
+    encode u_k                         (thinker: audio_enc, video_enc)
+    wait for y_(k-1)                   (performer's result; zeros before unit 0)
+    thinker_step(k) on y_(k-1)         -> text tokens, KV delta_k, appended to the thinker's cache
+    submit delta_k                     -> performer: append to its cache, N flow steps -> y_k
+    decode y_(k-1)                     (thinker: audio_dec, video_dec), unless already decoded
 
+Sequential: the performer runs in this process inside `submit` (the reference order).
+Pipelined: the performer is a second process, so its solve of y_k overlaps the thinker's decode of
+y_(k-1) and encode of u_(k+1). Same engines, inputs and noise -> bitwise the same outputs.
 Imports neither torch nor model_src: the preset's numbers come from the manifest.
 """
 from __future__ import annotations
 
+import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
-from streamer.timing import StageTimer
-from streamer.units import (UnitResult, cache_slot, check_audio_unit, check_frames_unit, check_text_unit,
-                            frames_to_model, model_to_frames, unit_noise)
+from streamer.units import (
+    UnitResult,
+    check_audio_unit,
+    check_frames_unit,
+    check_text_unit,
+)
 
 from .engines import load_engines, load_initial_state
-from .manifest import stage_io
+from .kv_cache import KVBuffers
+from .performer import LocalPerformer, PerformerProcess
+from .solver import FlowSolver
+from .spec import unit_spec
+from .thinker import Thinker
+from .trace import STAGES, WORKERS, SpanLog
+
+MODES = ("sequential", "pipelined")
 
 
-def unit_spec(preset: dict) -> SimpleNamespace:
-    """The preset's time/frame/cache numbers (a manifest's preset JSON) with the derived ones."""
-    s = SimpleNamespace(**preset)
-    s.samples_per_unit = s.sample_rate * s.frames_per_unit // s.fps
-    s.unit_ms = 1000.0 * s.frames_per_unit / s.fps
-    return s
+@dataclass
+class UnitOutput:
+    """Decoded output of one unit: audio [samples_per_unit] float32, frames [F, H, W, 3] uint8."""
+
+    unit_index: int
+    audio: np.ndarray
+    frames: np.ndarray
 
 
 class EngineSession:
-    """Streams one conversation through the engines of `directory` (batch 1)."""
+    """Streams one conversation through the engines of `directory` (batch 1). Use as a context manager
+    (or call `close`) so a pipelined session's performer process is stopped."""
 
     def __init__(self, directory: str | Path, seed: int = 0, expect_preset: str | None = None,
-                 threads: int | None = None) -> None:
-        import json
+                 threads: int | None = None, mode: str = "sequential", performer_timeout_s: float | None = None,
+                 performer_core: int | None = None, nvtx: bool = False) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        thinker_stages = ["audio_enc", "video_enc", "thinker_step", "audio_dec", "video_dec"]
+        stages = thinker_stages + (["flow_step"] if mode == "sequential" else [])
+        manifest, engines = load_engines(directory, expect_preset, threads, stages=stages)
+        self._start(manifest, engines, load_initial_state(directory, manifest), seed, nvtx)
+        self.mode = mode
+        if mode == "sequential":
+            self.performer = LocalPerformer(FlowSolver(engines["flow_step"], self.spec, seed), self.cache, self.log)
+        else:
+            if performer_core is None and threads == 1 and len(os.sched_getaffinity(0)) >= 2:
+                performer_core = max(os.sched_getaffinity(0))
+            self.performer = PerformerProcess(directory, self.spec, seed, self.log, threads, performer_core,
+                                              timeout_s=performer_timeout_s,
+                                              pin=manifest["target"]["device"] == "cuda")
 
-        self.manifest, self.engines = load_engines(directory, expect_preset, threads)
-        self.spec = unit_spec(json.loads(self.manifest["preset"]["json"]))
-        self.seed, self.unit_index = seed, 0
-        self.states = load_initial_state(directory, self.manifest)
-        inputs = {t.name: t for t in stage_io(self.manifest, "thinker_step")[0]}
-        self.cache_k = np.zeros(inputs["cache_k"].shape, np.dtype(inputs["cache_k"].dtype))
-        self.cache_v = np.zeros_like(self.cache_k)
-        self.cache_len = np.zeros(inputs["cache_len"].shape, np.int64)
-        self.prev_audio = np.zeros(inputs["audio_prev"].shape, np.float32)  # y_(k-1), zeros before unit 0
-        self.prev_video = np.zeros(inputs["video_prev"].shape, np.float32)
-        self.tokens_per_unit = self.cache_k.shape[3] // (self.spec.sink_units + self.spec.window_units)
+    @classmethod
+    def in_process(cls, manifest: dict, engines: dict, initial_state: dict, seed: int = 0) -> "EngineSession":
+        """A sequential session on engines given directly (anything with the Engine interface, e.g. the
+        torch stage modules that calibration records through); `manifest` needs "preset" and "stages"."""
+        self = cls.__new__(cls)
+        self._start(manifest, engines, initial_state, seed, nvtx=False)
+        self.mode = "sequential"
+        self.performer = LocalPerformer(FlowSolver(engines["flow_step"], self.spec, seed), self.cache, self.log)
+        return self
 
-    def _codec(self, stage: str, x_name: str, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        out = self.engines[stage].run({x_name: x, **self.states[stage]})
-        new_state = {f"state_{i}": out[f"new_state_{i}"] for i in range(len(self.states[stage]))}
-        y_name = self.engines[stage].outputs[0].name
-        return out[y_name], new_state
+    def _start(self, manifest: dict, engines: dict, initial_state: dict, seed: int, nvtx: bool) -> None:
+        self.manifest, self.spec, self.seed, self.log = manifest, unit_spec(manifest), seed, SpanLog(nvtx=nvtx)
+        s = self.spec
+        self.thinker = Thinker(engines, initial_state, s)
+        self.cache = KVBuffers(s)
+        self.unit_index = 0  # next unit to step
+        self.received = -1  # last unit whose y has come back from the performer
+        self.decoded = 0  # next unit to decode
+        self.prev_audio = np.zeros(s.audio_latent_shape, np.float32)  # y_(k-1): zeros before unit 0
+        self.prev_video = np.zeros(s.video_latent_shape, np.float32)
+
+    def __enter__(self) -> EngineSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def step(self, audio: np.ndarray, frames: np.ndarray, text_in: np.ndarray | None = None) -> UnitResult:
-        """One unit of user input -> the model's text for unit k and the audio/frames of unit k - 1
-        (same contract as `model_src.session.ReferenceSession.step`)."""
-        s, k = self.spec, self.unit_index
+        """One unit of user input -> the model's text for unit k and the audio/frames of unit k - 1 (None
+        at k = 0, or when `decode_ready` already gave them). Bad input raises InputError, state untouched."""
+        s, k, log = self.spec, self.unit_index, self.log
         audio = check_audio_unit(audio, s)
         frames = check_frames_unit(frames, s)
         text = check_text_unit(text_in, s.text_in_tokens, s.vocab_size, s.text_pad_id)
-        index = np.array([k], np.int64)
-        timer = StageTimer()
-        with timer("encode"):
-            za, audio_state = self._codec("audio_enc", "wave", audio[None])
-            zv, video_state = self._codec("video_enc", "frames", frames_to_model(frames))
-        with timer("thinker_step"):
-            out = self.engines["thinker_step"].run({
-                "text_in": text[None], "video_in": zv, "audio_in": za, "audio_prev": self.prev_audio,
-                "video_prev": self.prev_video, "cache_k": self.cache_k, "cache_v": self.cache_v,
-                "cache_len": self.cache_len, "unit_index": index})
-            t = self.tokens_per_unit
-            start = cache_slot(k, s.sink_units, s.window_units) * t
-            self.cache_k[..., start:start + t, :] = out["k_delta"]
-            self.cache_v[..., start:start + t, :] = out["v_delta"]
-            self.cache_len[:] = min(k + 1, s.sink_units + s.window_units) * t
-        self.states["audio_enc"], self.states["video_enc"] = audio_state, video_state
-        with timer("flow"):
-            ya, yv = unit_noise(self.seed, k, self.prev_audio.shape, self.prev_video.shape)
-            dt = 1.0 / s.flow_steps
-            for i in range(s.flow_steps):
-                v = self.engines["flow_step"].run({
-                    "noisy_audio": ya, "noisy_video": yv, "t": np.full((1,), i * dt, np.float32),
-                    "cache_k": self.cache_k, "cache_v": self.cache_v, "cache_len": self.cache_len,
-                    "unit_index": index})
-                ya, yv = ya + dt * v["v_audio"], yv + dt * v["v_video"]
-        with timer("decode"):
-            wave, video = self._decode(self.prev_audio, self.prev_video) if k > 0 else (None, None)
-        self.prev_audio, self.prev_video, self.unit_index = ya, yv, k + 1
-        return UnitResult(k, out["text_tokens"][0], wave, video, timer.ms)
+        started, first_span = time.perf_counter(), log.count
+        with log("encode", k):
+            za, zv, encoder_states = self.thinker.encode(audio, frames)
+        self._receive(k - 1)
+        with log("think", k):
+            tokens, k_delta, v_delta = self.thinker.think(k, text, za, zv, self.prev_audio, self.prev_video, self.cache)
+            self.cache.append(k, k_delta, v_delta)
+        self.thinker.commit(encoder_states)
+        self.performer.submit(k, k_delta, v_delta)
+        self.unit_index = k + 1
+        media = self._decode_through(k - 1)
+        return UnitResult(k, tokens, media.audio if media else None, media.frames if media else None,
+                          self._thinker_ms(first_span, started))
 
-    def flush(self) -> tuple[np.ndarray, np.ndarray]:
-        """Decode the last unit's latents: (audio [samples_per_unit], frames [frames_per_unit, H, W, 3])."""
+    def decode_ready(self) -> UnitOutput | None:
+        """If the last submitted unit's y has arrived and is not decoded yet, decode it now (live mode:
+        output goes out before the next input is in); otherwise None, without waiting."""
+        k = self.unit_index - 1
+        if k < self.decoded or not (self.received >= k or self.performer.ready(k)):
+            return None
+        return self._decode_through(k)
+
+    def flush(self) -> UnitOutput | None:
+        """Wait for and decode the last unit's latents (None if `decode_ready` already gave them)."""
         if self.unit_index == 0:
             raise RuntimeError("flush() before any unit was streamed: there is nothing to decode")
-        return self._decode(self.prev_audio, self.prev_video)
+        return self._decode_through(self.unit_index - 1)
 
-    def _decode(self, za: np.ndarray, zv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        wave, self.states["audio_dec"] = self._codec("audio_dec", "z", za)
-        video, self.states["video_dec"] = self._codec("video_dec", "z", zv)
-        return wave[0], model_to_frames(video)
+    def close(self) -> None:
+        self.performer.close()
+
+    def _receive(self, k: int) -> None:
+        if k < 0 or self.received >= k:
+            return
+        with self.log("wait", k):
+            self.prev_audio, self.prev_video = self.performer.result(k)
+        self.received = k
+
+    def _decode_through(self, k: int) -> UnitOutput | None:
+        if k < self.decoded:
+            return None
+        self._receive(k)
+        with self.log("decode", k):
+            wave, frames = self.thinker.decode(self.prev_audio, self.prev_video)
+        self.decoded = k + 1
+        return UnitOutput(k, wave, frames)
+
+    def _thinker_ms(self, first_span: int, started: float) -> dict[str, float]:
+        """Milliseconds per stage of this process's spans during this step, plus its total."""
+        out: dict[str, float] = {}
+        rows = self.log.rows
+        for i in range(first_span, self.log.count):
+            r = rows[i % len(rows)]
+            if self.mode == "sequential" or WORKERS[r["worker"]] == "thinker":
+                name = STAGES[r["stage"]]
+                out[name] = out.get(name, 0.0) + 1000.0 * (r["t1"] - r["t0"])
+        out["total"] = 1000.0 * (time.perf_counter() - started)
+        return out

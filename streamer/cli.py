@@ -7,6 +7,9 @@
     streamer build     every stage to ONNX -> engines + manifest.json
     streamer verify    every engine against the torch reference
     streamer inspect   what an engine directory holds
+    streamer calibrate record every stage's real inputs over a stream (for --precision int8/fp8)
+    streamer bench     sequential vs pipelined thinker-performer on engines: latency, throughput, memory
+    streamer profile   a Chrome/Perfetto trace of every stage span of both workers
 
 Heavy imports (torch, model_src) happen inside the commands, so `streamer --help` is instant.
 """
@@ -59,9 +62,32 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--input", default="synthetic", help="'synthetic' or 'AUDIO.wav+VIDEO.mp4' (24 kHz mono, 25 fps)")
     run.add_argument("--units", type=int, default=None, help="units of 160 ms to stream (default: 50 synthetic, all of a file)")
     run.add_argument("--seed", type=int, default=0, help="seed of the synthetic input and the solver noise")
-    run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--threads", type=int, default=None,
+                     help="CPU threads: torch's, or per engine worker with --engines (default: the library's choice)")
+    _add_runtime_args(run)
+    run.add_argument("--live", action="store_true", help="with --engines: pace to wall time, one unit per 160 ms")
     run.add_argument("--out", type=Path, required=True, help="output folder")
     run.set_defaults(func=cmd_run)
+
+    bench = sub.add_parser("bench", help="sequential vs pipelined on engines: per-unit latency, throughput, memory")
+    bench.add_argument("--engines", type=Path, required=True, help="engine directory")
+    bench.add_argument("--units", type=int, default=20, help="units counted (default 20)")
+    bench.add_argument("--warmup", type=int, default=2, help="units run first and not counted (default 2)")
+    bench.add_argument("--modes", default="sequential,pipelined", help="comma-separated (default both)")
+    bench.add_argument("--threads", type=int, default=1, help="CPU threads per engine worker (default 1)")
+    bench.add_argument("--json", type=Path, help="write the numbers as JSON here")
+    bench.add_argument("--timeline", type=Path, help="write a PNG timeline of both workers here")
+    _add_input_args(bench)
+    bench.set_defaults(func=cmd_bench, performer_timeout=None)
+
+    prof = sub.add_parser("profile", help="Chrome/Perfetto trace of the stage spans of both workers")
+    prof.add_argument("--engines", type=Path, required=True, help="engine directory")
+    prof.add_argument("--units", type=int, default=10, help="units to stream (default 10)")
+    prof.add_argument("--threads", type=int, default=1, help="CPU threads per engine worker (default 1)")
+    prof.add_argument("--sequential", action="store_true", help="profile the sequential mode")
+    prof.add_argument("--out", type=Path, required=True, help="trace JSON to write")
+    _add_input_args(prof)
+    prof.set_defaults(func=cmd_profile)
 
     presets = sub.add_parser("presets", help="list the presets with their sizes and parameter counts")
     presets.set_defaults(func=cmd_presets)
@@ -85,8 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="export every stage to ONNX and build engines + manifest.json")
     _add_model_args(build)
     build.add_argument("--backend", default="ort", choices=["ort", "aoti", "trt"], help="engine backend (default: ort)")
-    build.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
-                       help="engine precision (default: fp32; fp16/bf16 for trt)")
+    build.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                       help="aoti: compile for this machine's CPU or GPU (CUDA packages run as CUDA graphs)")
+    build.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8", "fp8"],
+                       help="engine precision (default fp32; fp16/bf16/fp8 for trt; int8/fp8 need --calibration)")
+    build.add_argument("--calibration", type=Path, help="calibration set from `streamer calibrate` (int8/fp8)")
+    build.add_argument("--algorithm", default="max", choices=["max", "smoothquant"],
+                       help="modelopt calibration algorithm for int8 (default max; fp8: max)")
     build.add_argument("--out", type=Path, required=True, help="engine directory to write")
     build.set_defaults(func=cmd_build)
 
@@ -94,12 +125,35 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("engines", type=Path, help="engine directory")
     verify.add_argument("--units", type=int, default=3, help="streamed units per stage (default 3)")
     verify.add_argument("--no-polygraphy", action="store_true", help="skip polygraphy's own comparison")
+    verify.add_argument("--session", type=int, default=0, metavar="N",
+                        help="also stream N synthetic units through engines and torch: token diff, audio/frames SNR")
+    verify.add_argument("--seed", type=int, default=0, help="seed of the inputs")
+
+    cal = sub.add_parser("calibrate", help="record every stage's real inputs over a stream (for int8/fp8 builds)")
+    _add_model_args(cal)
+    cal.add_argument("--data", default="synthetic", help="'synthetic', 'AUDIO.wav+VIDEO.mp4', or a folder of NAME.wav + NAME.mp4 pairs")
+    cal.add_argument("--units", type=int, default=32, help="units of 160 ms to record (default 32)")
+    cal.add_argument("--seed", type=int, default=0, help="seed of the synthetic input and the solver noise")
+    cal.add_argument("--out", type=Path, required=True, help="calibration .safetensors to write")
+    cal.set_defaults(func=cmd_calibrate)
     verify.set_defaults(func=cmd_verify)
 
     inspect = sub.add_parser("inspect", help="show what an engine directory holds")
     inspect.add_argument("engines", type=Path, help="engine directory")
     inspect.set_defaults(func=cmd_inspect)
     return parser
+
+
+def _add_input_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", default="synthetic", help="'synthetic' or 'AUDIO.wav+VIDEO.mp4'")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic input and the solver noise")
+
+
+def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sequential", action="store_true",
+                        help="with --engines: one process, the reference order (default: thinker + performer pipelined)")
+    parser.add_argument("--performer-timeout", type=float, default=None,
+                        help="seconds without a result before the performer counts as hung (default: 10x a warm solve, >= 2 s)")
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -131,6 +185,10 @@ def _read_input(spec: str, preset, units: int | None, seed: int):
 
     if spec == "synthetic":
         audio, frames = synthetic_input(preset, units or 50, seed)
+    elif Path(spec).is_dir():
+        from .media import read_folder
+
+        return read_folder(Path(spec), preset, units)
     elif "+" in spec:
         wav, video = spec.split("+", 1)
         audio = read_wav(wav, preset.sample_rate)
@@ -140,68 +198,80 @@ def _read_input(spec: str, preset, units: int | None, seed: int):
     return split_units(audio, frames, preset, units)
 
 
-def _open_session(args):
-    """(session, preset-like spec) for `run`: the torch reference, or the engines of --engines."""
-    if args.engines is None:
-        if args.backend not in (None, "torch"):
-            raise ValueError(f"--backend {args.backend} needs --engines DIR (build them with `streamer build`)")
-        from model_src.session import ReferenceSession
-
-        system = _load_system(args.preset, args.weights, args.weights_seed)
-        return ReferenceSession(system, seed=args.seed), system.preset
-    from runtime.session import EngineSession
-
-    if args.weights is not None:
-        raise ValueError("--weights goes with the torch backend; engines carry the weights they were built with")
-    session = EngineSession(args.engines, seed=args.seed, expect_preset=args.preset, threads=args.threads)
-    backend = session.manifest["backend"]
-    if args.backend not in (None, backend):
-        raise ValueError(f"{args.engines} holds {backend} engines, but --backend {args.backend} was given")
-    args.backend = backend
-    return session, session.spec
-
-
 def cmd_run(args) -> int:
-    import numpy as np
+    """`streamer run`: the torch reference session, or the engines of --engines (runtime/)."""
     from rich.progress import Progress
 
-    from .media import write_video, write_wav
-    from .timing import summarize
+    if args.engines is not None:
+        from .engine_cmds import run_engines
+
+        return run_engines(args, _read_input, _write_outputs, _print_timings, console)
+    if args.backend not in (None, "torch"):
+        raise ValueError(f"--backend {args.backend} needs --engines DIR (build them with `streamer build`)")
+    if args.live or args.sequential:
+        raise ValueError("--live and --sequential go with --engines (the torch reference is always sequential)")
+    import torch
+
+    from model_src.session import ReferenceSession
 
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
-    session, p = _open_session(args)
+    system = _load_system(args.preset, args.weights, args.weights_seed)
+    session, p = ReferenceSession(system, seed=args.seed), system.preset
     units = _read_input(args.input, p, args.units, args.seed)
-    audio_out, frames_out, texts, rows = [], [], [], []
+    audio_out, frames_out, results = [], [], []
     with Progress(console=console, transient=True) as bar:
-        task = bar.add_task(f"streaming {len(units)} units ({p.name}, {args.backend or 'torch'})", total=len(units))
+        task = bar.add_task(f"streaming {len(units)} units ({p.name}, torch)", total=len(units))
         for audio, frames in units:
             r = session.step(audio, frames)
             if r.audio is not None:
                 audio_out.append(r.audio)
                 frames_out.append(r.frames)
-            texts.append({"unit": r.unit_index, "tokens": r.text_tokens.tolist()})
-            rows.append(r.timings_ms)
+            results.append(r)
             bar.advance(task)
     last_audio, last_frames = session.flush()
-    audio_out.append(last_audio)
-    frames_out.append(last_frames)
+    _write_outputs(args.out, p, audio_out + [last_audio], frames_out + [last_frames], results)
+    from .timing import summarize
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_wav(args.out / "out.wav", np.concatenate(audio_out), p.sample_rate)
-    write_video(args.out / "out.mp4", np.concatenate(frames_out), p.fps)
-    np.save(args.out / "out_audio.npy", np.concatenate(audio_out))  # unquantized, for comparing backends
-    (args.out / "text.json").write_text(json.dumps(texts, indent=0))
-    with open(args.out / "timings.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["unit", *rows[0]])
-        writer.writeheader()
-        for k, row in enumerate(rows):
-            writer.writerow({"unit": k, **{s: f"{v:.3f}" for s, v in row.items()}})
-    _print_timings(summarize(rows), p.unit_ms, len(rows))
-    console.print(f"wrote {args.out}/out.wav, out.mp4, out_audio.npy, text.json, timings.csv")
+    _print_timings(summarize([r.timings_ms for r in results]), p.unit_ms, len(results))
     return 0
+
+
+def _write_outputs(folder: Path, p, audio: list, frames: list, results: list) -> None:
+    """out.wav, out.mp4, out_audio.npy (unquantized), text.json, timings.csv (when there are timings)."""
+    import numpy as np
+
+    from .media import write_video, write_wav
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_wav(folder / "out.wav", np.concatenate(audio), p.sample_rate)
+    write_video(folder / "out.mp4", np.concatenate(frames), p.fps)
+    np.save(folder / "out_audio.npy", np.concatenate(audio))  # unquantized, for comparing backends
+    texts = [{"unit": r.unit_index, "tokens": r.text_tokens.tolist()} for r in results]
+    (folder / "text.json").write_text(json.dumps(texts, indent=0))
+    written = "out.wav, out.mp4, out_audio.npy, text.json"
+    rows = [r.timings_ms for r in results if r.timings_ms]
+    if rows:
+        with open(folder / "timings.csv", "w", newline="") as f:
+            names = list(dict.fromkeys(name for row in rows for name in row))  # stages in first-seen order
+            writer = csv.DictWriter(f, fieldnames=["unit", *names], restval="")
+            writer.writeheader()
+            for k, row in enumerate(rows):
+                writer.writerow({"unit": k, **{s: f"{v:.3f}" for s, v in row.items()}})
+        written += ", timings.csv"
+    console.print(f"wrote {folder}/: {written}")
+
+
+def cmd_bench(args) -> int:
+    from .engine_cmds import bench
+
+    return bench(args, _read_input, out, console)
+
+
+def cmd_profile(args) -> int:
+    from .engine_cmds import profile
+
+    return profile(args, _read_input, console)
 
 
 def _print_timings(summary: dict, unit_ms: float, n_units: int) -> None:
@@ -262,29 +332,23 @@ def cmd_build(args) -> int:
             bar.update(task, description=f"exporting {name}", completed=len(started))
             started.append(name)
 
-        manifest = build(system, args.out, args.backend, args.precision, weights, on_stage)
+        manifest = build(system, args.out, args.backend, args.precision, weights, on_stage, args.device,
+                         args.calibration, args.algorithm)
         bar.update(task, completed=6, description="done")
     console.print(f"wrote {len(manifest['stages'])} {args.backend} engines and manifest.json to {args.out}")
     return 0
 
 
 def cmd_verify(args) -> int:
-    from export.verify import verify
+    from .quality_cmds import verify
 
-    results = verify(args.engines, units=args.units, polygraphy=not args.no_polygraphy)
-    table = Table(title=f"{args.engines}: engines against the torch reference ({args.units} streamed units)")
-    for col in ("stage", "max abs", "max rel", "tolerance", "tokens", "polygraphy", "result"):
-        table.add_column(col, justify="left" if col == "stage" else "right")
-    for r in results:
-        table.add_row(r.stage, f"{r.max_abs:.2e}", f"{r.max_rel:.2e}", f"{r.tolerance:.0e}",
-                      "equal" if r.tokens_equal else "DIFFER",
-                      {None: "-", True: "agrees", False: "DIFFERS"}[r.polygraphy], "[green]ok[/]" if r.ok else "[red]FAIL[/]")
-    out.print(table)
-    failed = [r.stage for r in results if not r.ok]
-    if failed:
-        console.print(f"[bold red]verify failed:[/] {', '.join(failed)}")
-        return 1
-    return 0
+    return verify(args, _read_input, out, console)
+
+
+def cmd_calibrate(args) -> int:
+    from .quality_cmds import calibrate
+
+    return calibrate(args, _load_system, _read_input, console)
 
 
 def cmd_inspect(args) -> int:
@@ -299,7 +363,7 @@ def cmd_inspect(args) -> int:
     for col in ("stage", "file", "inputs", "outputs"):
         table.add_column(col)
     for stage, info in m["stages"].items():
-        fmt = lambda ts: "\n".join(f"{t['name']} {t['dtype']} {t['shape']}" for t in ts)  # noqa: E731
+        fmt = lambda ts: "\n".join(f"{t['name']} {t['dtype']} {t['shape']}" for t in ts)
         table.add_row(stage, info["file"], fmt(info["inputs"]), fmt(info["outputs"]))
     out.print(table)
     files = Table(title="files")
@@ -314,7 +378,12 @@ def cmd_inspect(args) -> int:
 def cmd_import_weights(args) -> int:
     from model_src.config import get_preset
     from model_src.system import build_system
-    from model_src.weights import load_mimi_checkpoint, load_qwen3_checkpoint, load_wan_vae_checkpoint, save_weights
+    from model_src.weights import (
+        load_mimi_checkpoint,
+        load_qwen3_checkpoint,
+        load_wan_vae_checkpoint,
+        save_weights,
+    )
 
     p = get_preset(args.preset)
     system = build_system(p, seed=args.seed)

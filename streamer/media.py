@@ -102,3 +102,16 @@ def split_units(audio: np.ndarray, frames: np.ndarray, spec, units: int | None):
                          f"({len(audio)} samples, {len(frames)} frames); {units} were asked for")
     s, f = spec.samples_per_unit, spec.frames_per_unit
     return [(audio[k * s:(k + 1) * s], frames[k * f:(k + 1) * f]) for k in range(units)]
+
+
+def read_folder(folder: Path, preset, units: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Units of every NAME.wav + NAME.mp4 pair in `folder` (name order), the first `units` of them."""
+    pairs = [(w, w.with_suffix(".mp4")) for w in sorted(Path(folder).glob("*.wav"))]
+    if not pairs or not all(v.is_file() for _, v in pairs):
+        raise InputError(f"{folder}: expected NAME.wav + NAME.mp4 pairs, found {[w.name for w, _ in pairs]}")
+    out = []
+    for wav, video in pairs:
+        audio = read_wav(wav, preset.sample_rate)
+        frames = read_video(video, preset.fps, preset.frame_height, preset.frame_width)
+        out.extend(split_units(audio, frames, preset, None))
+    return out[:units] if units else out

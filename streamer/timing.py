@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 
@@ -29,10 +29,13 @@ class StageTimer:
 
 
 def summarize(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Per-unit timing rows -> {stage: {"p50", "p90", "p99", "max", "mean"}} in milliseconds."""
+    """Per-unit timing rows -> {stage: {"p50", "p90", "p99", "max", "mean"}} in milliseconds (a stage's
+    numbers over the units that have it)."""
     out = {}
-    for stage in rows[0] if rows else []:
-        x = np.array([r[stage] for r in rows])
+    stages = list(dict.fromkeys(name for row in rows for name in row))  # first-seen order; "total" last
+    stages.sort(key=lambda name: name == "total")
+    for stage in stages:
+        x = np.array([r[stage] for r in rows if stage in r])
         out[stage] = {"p50": float(np.percentile(x, 50)), "p90": float(np.percentile(x, 90)),
                       "p99": float(np.percentile(x, 99)), "max": float(x.max()), "mean": float(x.mean())}
     return out

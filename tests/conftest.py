@@ -21,6 +21,15 @@ def tiny_system(tiny):
     return build_system(tiny, seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_ort_engines(tmp_path_factory):
+    """`streamer build --preset tiny --backend ort` once per test session (~45 s); tests only read it."""
+    from streamer.cli import main
+
+    out = tmp_path_factory.mktemp("engines") / "tiny_ort"
+    assert main(["build", "--preset", "tiny", "--backend", "ort", "--out", str(out)]) == 0
+    return out
+
 
 def pytest_terminal_summary(terminalreporter):
     """Print the numbers the tests measured (oracle errors, losses) whatever the capture mode."""

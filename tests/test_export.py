@@ -15,11 +15,9 @@ from runtime.manifest import ManifestError, read_manifest
 from streamer.cli import main
 
 
-@pytest.fixture(scope="module")
-def engines(tmp_path_factory):
-    out = tmp_path_factory.mktemp("engines") / "tiny_ort"
-    assert main(["build", "--preset", "tiny", "--backend", "ort", "--out", str(out)]) == 0
-    return out
+@pytest.fixture
+def engines(tiny_ort_engines):
+    return tiny_ort_engines
 
 
 def test_build_writes_six_static_graphs_tensorrt_can_parse(engines):
@@ -104,7 +102,8 @@ def test_engine_feeds_are_checked(engines):
 
 
 def test_runtime_imports_neither_torch_nor_model_src():
-    code = ("import sys, runtime.session, runtime.engines, runtime.manifest; "
+    code = ("import sys, runtime.session, runtime.engines, runtime.manifest, runtime.performer, runtime.live, "
+            "runtime.bench, runtime.transport, runtime.trace; "
             "bad = [m for m in ('torch', 'model_src') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -157,7 +156,7 @@ def test_tensorrt_missing_is_a_clear_error():
 
 def test_build_refuses_what_it_cannot_build(capsys, tmp_path):
     assert main(["build", "--preset", "tiny", "--backend", "ort", "--precision", "fp16", "--out", str(tmp_path)]) == 2
-    assert "precision 'fp16' is not available for backend 'ort'; available: ['fp32']" in capsys.readouterr().err
+    assert "precision 'fp16' is not available for backend 'ort'; available: ['fp32', 'int8']" in capsys.readouterr().err
     try:
         import tensorrt  # noqa: F401
     except ImportError:

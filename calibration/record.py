@@ -1,0 +1,128 @@
+"""Calibration data: the real inputs of every stage while a reference session streams.
+
+The runtime's own unit path (`EngineSession.in_process`) runs on the torch stage modules, each
+wrapped so it keeps a copy of what it was fed. A calibration set is one safetensors file:
+
+    {stage}.{input}     [N, ...]  every call's input, in call order (N = units, or units x flow steps)
+    kv.k_delta, kv.v_delta [units, ...]  each unit's KV delta (thinker_step's output)
+
+The large inputs that follow from earlier ones are not stored: the KV cache (rebuilt from the deltas,
+with the same sink + ring arithmetic) and the codecs' states (rebuilt by replaying the codec from its
+initial state). `stage_feeds` gives every call's full feeds back, in order.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from runtime.engines import Engine
+from runtime.kv_cache import KVBuffers
+from runtime.spec import unit_spec
+
+from .torch_engines import TorchStageEngine, torch_parts
+
+FORMAT = "av-streamer-calibration/1"
+DERIVED = ("cache_k", "cache_v")  # rebuilt from kv.*; codec "state_*" inputs are rebuilt by replay
+
+
+class CalibrationError(ValueError):
+    """A calibration file that does not fit (another preset, another format, a stage it lacks)."""
+
+
+class RecordingEngine(Engine):
+    """An engine that keeps a copy of every call's inputs (not the derived ones) and chosen outputs."""
+
+    def __init__(self, inner: Engine, keep_outputs: tuple[str, ...] = ()) -> None:
+        super().__init__(inner.stage, inner.inputs, inner.outputs)
+        self.inner, self.keep_outputs = inner, keep_outputs
+        self.calls: dict[str, list[np.ndarray]] = {}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        kept = {k: np.array(v, copy=True) for k, v in feeds.items() if k not in DERIVED and not k.startswith("state_")}
+        out = self.inner.run(feeds)
+        kept.update({k: np.array(out[k], copy=True) for k in self.keep_outputs})
+        for name, x in kept.items():
+            self.calls.setdefault(name, []).append(x)
+        return out
+
+
+def record(system, units: list[tuple[np.ndarray, np.ndarray]], seed: int, out: str | Path, source: str = "synthetic",
+           on_unit: Callable[[int], None] = lambda k: None) -> Path:
+    """Stream `units` (audio, frames) through the runtime's unit path on the torch modules of `system`,
+    recording every stage's inputs; writes and returns the safetensors file `out`."""
+    from safetensors.numpy import save_file
+
+    from runtime.session import EngineSession
+
+    manifest, engines, initial = torch_parts(system)
+    recording = {name: RecordingEngine(e, ("k_delta", "v_delta") if name == "thinker_step" else ())
+                 for name, e in engines.items()}
+    session = EngineSession.in_process(manifest, recording, initial, seed=seed)
+    for k, (audio, frames) in enumerate(units):
+        session.step(audio, frames)
+        on_unit(k)
+    session.flush()
+    tensors = {}
+    for stage, engine in recording.items():
+        for name, calls in engine.calls.items():
+            key = f"kv.{name}" if name in ("k_delta", "v_delta") else f"{stage}.{name}"
+            tensors[key] = np.ascontiguousarray(np.stack(calls))  # safetensors writes the raw buffer:
+            # a stack of transposed outputs is not C-ordered and would be saved scrambled
+    meta = {"format": FORMAT, "preset": system.preset.to_json(), "units": str(len(units)), "seed": str(seed),
+            "source": source}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out), metadata=meta)
+    return out
+
+
+def load_calibration(path: str | Path, preset=None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(tensors, metadata) of a calibration file; refuses another format or (given) another preset."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CalibrationError(f"{path}: no such calibration file (make one with `streamer calibrate`)")
+    with safe_open(str(path), "np") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != FORMAT:
+        raise CalibrationError(f"{path}: expected a {FORMAT} file, got format {meta.get('format')!r}")
+    if preset is not None and json.loads(meta["preset"]) != json.loads(preset.to_json()):
+        got = json.loads(meta["preset"])["name"]
+        raise CalibrationError(f"{path}: calibration of preset {got!r}, but the model is preset {preset.name!r} "
+                               f"(or the same name with other sizes)")
+    return load_file(str(path)), meta
+
+
+def stage_feeds(tensors: dict[str, np.ndarray], stage: str, system) -> Iterator[dict[str, np.ndarray]]:
+    """Every recorded call of `stage` as its full feeds (cache / state rebuilt), in call order.
+    The cache arrays are reused between calls: use each feeds dict before asking for the next."""
+    prefix = f"{stage}."
+    recorded = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if not recorded:
+        raise CalibrationError(f"the calibration set has no inputs of stage {stage!r}")
+    n = len(next(iter(recorded.values())))
+    manifest, engines, initial = torch_parts(system)
+    if stage in ("thinker_step", "flow_step"):
+        spec = unit_spec(manifest)
+        cache, appended = KVBuffers(spec), 0
+        for i in range(n):
+            unit = int(recorded["unit_index"][i][0])
+            want = unit if stage == "thinker_step" else unit + 1  # flow_step sees unit k's own keys too
+            while appended < want:
+                cache.append(appended, tensors["kv.k_delta"][appended], tensors["kv.v_delta"][appended])
+                appended += 1
+            yield {**{k: v[i] for k, v in recorded.items()}, **cache.feeds()}
+    else:  # a codec: replay it from its initial state to get each call's state
+        engine: TorchStageEngine = engines[stage]
+        state = dict(initial[stage])
+        for i in range(n):
+            feeds = {**{k: v[i] for k, v in recorded.items()}, **state}
+            yield feeds
+            out = engine.run(feeds)
+            state = {f"state_{j}": out[f"new_state_{j}"] for j in range(len(state))}
+

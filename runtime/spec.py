@@ -1,0 +1,40 @@
+"""The numbers a runtime session needs, read from the manifest (no model_src): the unit's time and
+frame sizes, and the shapes of the tensors the thinker and performer exchange."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+
+from .manifest import stage_io
+
+
+def unit_spec(manifest: dict) -> SimpleNamespace:
+    """The manifest's preset (time/frame/cache numbers), plus samples_per_unit, unit_ms and the
+    exchanged shapes: cache [L, 1, Hkv, capacity, D], delta [L, 1, Hkv, tokens_per_unit, D], latents."""
+    s = SimpleNamespace(**json.loads(manifest["preset"]["json"]))
+    s.samples_per_unit = s.sample_rate * s.frames_per_unit // s.fps
+    s.unit_ms = 1000.0 * s.frames_per_unit / s.fps
+    thinker_in = {t.name: t for t in stage_io(manifest, "thinker_step")[0]}
+    thinker_out = {t.name: t for t in stage_io(manifest, "thinker_step")[1]}
+    s.cache_shape = thinker_in["cache_k"].shape
+    s.cache_dtype = thinker_in["cache_k"].dtype
+    s.delta_shape = thinker_out["k_delta"].shape
+    s.audio_latent_shape = thinker_in["audio_prev"].shape
+    s.video_latent_shape = thinker_in["video_prev"].shape
+    s.unit_tokens = s.delta_shape[3]
+    return s
+
+
+def exchange_layout(spec: SimpleNamespace) -> dict[str, tuple[tuple[int, ...], str]]:
+    """What travels per unit: thinker -> performer the KV delta, performer -> thinker the clean
+    latents y_k and its span times (append start/end, solve start/end; perf_counter seconds)."""
+    return {"k_delta": (spec.delta_shape, spec.cache_dtype), "v_delta": (spec.delta_shape, spec.cache_dtype),
+            "y_audio": (spec.audio_latent_shape, "float32"), "y_video": (spec.video_latent_shape, "float32"),
+            "spans": ((4,), "float64")}
+
+
+def delta_nbytes(spec: SimpleNamespace) -> int:
+    """Bytes of one unit's KV delta (keys + values)."""
+    return 2 * int(np.prod(spec.delta_shape)) * np.dtype(spec.cache_dtype).itemsize

@@ -1,0 +1,72 @@
+"""Spans of work (worker, stage, unit, start, end) in a preallocated ring, so a session of any length
+keeps flat memory; the source of per-unit timings, the bench timeline and the Chrome/Perfetto trace.
+Times are `time.perf_counter()` seconds: CLOCK_MONOTONIC on Linux, the same clock in every process."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+WORKERS = ("thinker", "performer")
+STAGES = ("encode", "think", "transfer", "append", "solve", "decode", "wait")
+
+
+class SpanLog:
+    """The last `capacity` spans. `with log("think", k): ...` on the thinker; `add` for spans timed elsewhere."""
+
+    def __init__(self, capacity: int = 200_000, nvtx: bool = False) -> None:
+        self.rows = np.zeros(capacity, [("worker", "u1"), ("stage", "u1"), ("unit", "i8"), ("t0", "f8"), ("t1", "f8")])
+        self.count = 0
+        self._nvtx = None
+        if nvtx:
+            import torch
+
+            self._nvtx = torch.cuda.nvtx
+
+    def add(self, worker: str, stage: str, unit: int, t0: float, t1: float) -> None:
+        self.rows[self.count % len(self.rows)] = (WORKERS.index(worker), STAGES.index(stage), unit, t0, t1)
+        self.count += 1
+
+    @contextmanager
+    def __call__(self, stage: str, unit: int, worker: str = "thinker") -> Iterator[None]:
+        if self._nvtx is not None:
+            self._nvtx.range_push(f"{worker}.{stage}[{unit}]")
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(worker, stage, unit, t0, time.perf_counter())
+            if self._nvtx is not None:
+                self._nvtx.range_pop()
+
+    def spans(self) -> list[tuple[str, str, int, float, float]]:
+        """Kept spans, oldest first, as (worker, stage, unit, t0, t1)."""
+        n = len(self.rows)
+        idx = range(self.count - min(self.count, n), self.count)
+        return [(WORKERS[r["worker"]], STAGES[r["stage"]], int(r["unit"]), float(r["t0"]), float(r["t1"]))
+                for r in (self.rows[i % n] for i in idx)]
+
+    def unit_ms(self, unit: int) -> dict[str, float]:
+        """Milliseconds per stage of one unit (summed over both workers' spans of that stage)."""
+        n = min(self.count, len(self.rows))
+        rows = self.rows[:n][self.rows[:n]["unit"] == unit]
+        out: dict[str, float] = {}
+        for r in rows:
+            name = STAGES[r["stage"]]
+            out[name] = out.get(name, 0.0) + 1000.0 * (r["t1"] - r["t0"])
+        return out
+
+
+def write_chrome_trace(spans: list[tuple[str, str, int, float, float]], path: str | Path) -> None:
+    """Spans -> a Chrome trace-event JSON (open in ui.perfetto.dev or chrome://tracing): one track per worker."""
+    t_start = min((s[3] for s in spans), default=0.0)
+    events = [{"name": "thread_name", "ph": "M", "pid": 1, "tid": i, "args": {"name": w}}
+              for i, w in enumerate(WORKERS)]
+    for worker, stage, unit, t0, t1 in spans:
+        events.append({"name": stage, "cat": worker, "ph": "X", "pid": 1, "tid": WORKERS.index(worker),
+                       "ts": 1e6 * (t0 - t_start), "dur": 1e6 * (t1 - t0), "args": {"unit": unit}})
+    Path(path).write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))

@@ -1,0 +1,162 @@
+"""The thinker-performer runtime on the tiny ONNX Runtime engines: pipelined == sequential bitwise,
+failures of the performer, Ctrl-C, live pacing with missing input, flat memory, bench/profile."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import report
+from runtime.bench import rss_bytes
+from runtime.live import LiveInput, replay, run_live
+from runtime.performer import PerformerError
+from runtime.session import EngineSession
+from streamer.cli import main
+from streamer.media import split_units, synthetic_input
+from streamer.units import InputError
+
+
+def _units(spec, n, seed=0):
+    audio, frames = synthetic_input(spec, n, seed)
+    return split_units(audio, frames, spec, n)
+
+
+def _stream(engines, mode, units, seed=7):
+    with EngineSession(engines, seed=seed, threads=1, mode=mode) as session:
+        results = [session.step(a, f, text_in=np.full(session.spec.text_in_tokens, k % 5 + 1))
+                   for k, (a, f) in enumerate(units)]
+        last = session.flush()
+    return results, last
+
+
+def test_pipelined_equals_sequential_bitwise(tiny_ort_engines):
+    """Same engines, inputs and seed: the two-process schedule gives bitwise the same tokens, audio, frames."""
+    with EngineSession(tiny_ort_engines) as probe:
+        units = _units(probe.spec, 12)
+    (seq, seq_last), (pipe, pipe_last) = (_stream(tiny_ort_engines, m, units) for m in ("sequential", "pipelined"))
+    for a, b in zip(seq, pipe):
+        assert a.unit_index == b.unit_index
+        np.testing.assert_array_equal(a.text_tokens, b.text_tokens)
+        if a.audio is None:
+            assert b.audio is None
+        else:
+            np.testing.assert_array_equal(a.audio, b.audio)
+            np.testing.assert_array_equal(a.frames, b.frames)
+    np.testing.assert_array_equal(seq_last.audio, pipe_last.audio)
+    np.testing.assert_array_equal(seq_last.frames, pipe_last.frames)
+    assert any(np.abs(r.audio).max() > 0 for r in seq[1:])  # not trivially equal
+    report("runtime: pipelined == sequential bitwise over 12 tiny units (tokens, audio, frames)")
+
+
+def _dead(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("how", ["killed", "hung"])
+def test_a_failed_performer_is_noticed_reported_and_reaped(tiny_ort_engines, how):
+    with EngineSession(tiny_ort_engines, threads=1, mode="pipelined", performer_timeout_s=1.0) as session:
+        units = _units(session.spec, 4)
+        for a, f in units[:2]:
+            session.step(a, f)
+        pid, shm = session.performer.process.pid, Path("/dev/shm") / session.performer.slots.name.lstrip("/")
+        assert shm.exists()
+        os.kill(pid, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        t0 = time.perf_counter()
+        with pytest.raises(PerformerError, match="died" if how == "killed" else "hung: no answer after 1.0 s"):
+            for a, f in units[2:]:  # unit 2 may still get y_1 (sent before the signal); y_2 never comes
+                session.step(a, f)
+        noticed = time.perf_counter() - t0
+    assert noticed < (1.0 if how == "killed" else 3.0), noticed
+    assert session.performer.process.returncode is not None  # reaped: no zombie
+    assert not shm.exists()  # shared memory freed
+    report(f"runtime: performer {how} -> PerformerError after {1000 * noticed:.0f} ms, process reaped")
+
+
+def test_ctrl_c_stops_thinker_and_performer(tiny_ort_engines, tmp_path):
+    cmd = [sys.executable, "-m", "streamer.cli", "run", "--engines", str(tiny_ort_engines), "--live",
+           "--units", "200", "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.time() + 60
+    while time.time() < deadline and not children.read_text().split():
+        time.sleep(0.1)
+    performer = int(children.read_text().split()[0])
+    time.sleep(2.0)  # streaming by now
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole process group
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    deadline = time.time() + 5
+    while time.time() < deadline and not _dead(performer):
+        time.sleep(0.05)
+    assert _dead(performer)
+
+
+def test_live_mode_fills_missing_input_and_never_stalls(tiny_ort_engines):
+    with EngineSession(tiny_ort_engines, threads=1, mode="pipelined") as session:
+        units = _units(session.spec, 12)
+        units[7] = (units[7][0][:-1], units[7][1])  # a malformed unit from the capture side
+        source, outputs = LiveInput(), []
+        t0 = time.perf_counter()
+        replay(units, source, session.spec.unit_ms / 1000, t0, drop={3, 4})
+        stats = run_live(session, source, len(units), outputs.append, t0)
+        wall = time.perf_counter() - t0
+    assert (stats.units, stats.missing, stats.rejected) == (12, 2, 1)
+    assert [o.unit_index for o in outputs] == list(range(12))
+    assert wall < 12 * 0.160 + 1.0  # paced, and no stall on the missing units
+    report(f"runtime live (tiny, pipelined): model-side latency p50 {np.median(stats.latency_ms):.1f} ms, "
+           f"missing {stats.missing}, rejected {stats.rejected}")
+
+
+def test_bad_input_leaves_a_pipelined_session_untouched(tiny_ort_engines):
+    with EngineSession(tiny_ort_engines, threads=1, mode="pipelined") as session:
+        units = _units(session.spec, 3)
+        session.step(*units[0])
+        with pytest.raises(InputError, match="expected mono"):
+            session.step(np.stack([units[1][0]] * 2), units[1][1])
+        assert session.unit_index == 1
+        r = session.step(*units[1])
+    with EngineSession(tiny_ort_engines, threads=1, mode="sequential") as reference:
+        expected = [reference.step(a, f) for a, f in units[:2]][1]
+    np.testing.assert_array_equal(expected.audio, r.audio)  # as if the bad unit never came
+
+
+def test_memory_stays_flat_over_5000_units(tiny_ort_engines):
+    """The sink + ring-window cache and the span ring keep both processes' peak memory where it was at 500."""
+    with EngineSession(tiny_ort_engines, threads=1, mode="pipelined") as session:
+        units = _units(session.spec, 8)
+        performer = session.performer.process.pid
+        peaks = {}
+        for k in range(5000):
+            session.step(*units[k % len(units)])
+            if k + 1 in (500, 5000):
+                peaks[k + 1] = (rss_bytes(), rss_bytes(performer))
+        assert session.cache.length[0] == session.cache.k.shape[3]  # the window has wrapped many times
+    (t500, p500), (t5000, p5000) = peaks[500], peaks[5000]
+    report(f"runtime memory, tiny pipelined: peak RSS thinker {t500 / 2**20:.1f} -> {t5000 / 2**20:.1f} MiB, "
+           f"performer {p500 / 2**20:.1f} -> {p5000 / 2**20:.1f} MiB (500 -> 5000 units)")
+    assert t5000 - t500 < 2 * 2**20 and p5000 - p500 < 2 * 2**20
+
+
+def test_bench_and_profile_commands(tiny_ort_engines, tmp_path, capsys):
+    summary, png, trace = tmp_path / "bench.json", tmp_path / "timeline.png", tmp_path / "trace.json"
+    assert main(["bench", "--engines", str(tiny_ort_engines), "--units", "6", "--json", str(summary),
+                 "--timeline", str(png)]) == 0
+    data = json.loads(summary.read_text())
+    assert [m["mode"] for m in data["modes"]] == ["sequential", "pipelined"]
+    assert data["bitwise_equal"] is True and data["throughput_ratio"] > 0
+    assert all(m["unit_ms"]["p50"] > 0 and m["latency_ms"]["p99"] >= m["latency_ms"]["p50"] for m in data["modes"])
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["profile", "--engines", str(tiny_ort_engines), "--units", "4", "--out", str(trace)]) == 0
+    events = json.loads(trace.read_text())["traceEvents"]
+    names = {(e["cat"], e["name"]) for e in events if e["ph"] == "X"}
+    assert {("thinker", "encode"), ("thinker", "think"), ("performer", "solve"), ("thinker", "decode")} <= names

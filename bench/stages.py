@@ -1,6 +1,7 @@
 """Benchmark: each stage's time per 160 ms unit, engines against torch eager, side by side in one run.
 
     python bench/stages.py --engines DIR [--repeats 5] [--threads N]
+    python bench/stages.py --engines INT8_DIR --baseline FP32_DIR   # two engine builds, side by side
 
 Both run the stage's example inputs (the build's shapes); flow_step counts once per solver step, so
 its per-unit time is `flow_steps` runs. Prints a markdown table for docs/BENCHMARKS.md.
@@ -34,12 +35,16 @@ def main() -> None:
     ap.add_argument("--engines", required=True)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--baseline", help="another engine directory of the same preset, timed instead of torch eager")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     manifest, engines = load_engines(args.engines, threads=args.threads)
     system = reference_system(manifest)
     steps = system.preset.flow_steps
+    baseline = load_engines(args.baseline, threads=args.threads) if args.baseline else None
+    base_name = f"{baseline[0]['backend']} {baseline[0]['precision']}" if baseline else "torch eager"
+    this_name = f"{manifest['backend']} {manifest['precision']}"
     rows = []
     for spec in make_stages(system):
         feeds = {k: v.numpy() for k, v in spec.example_inputs.items()}
@@ -49,13 +54,15 @@ def main() -> None:
             with torch.no_grad():
                 spec.module(*args_t)
         per_unit = steps if spec.name == "flow_step" else 1
+        if baseline:
+            eager = lambda: baseline[1][spec.name].run(feeds)  # noqa: E731
         t_torch = best_ms(eager, args.repeats) * per_unit
         t_engine = best_ms(lambda: engines[spec.name].run(feeds), args.repeats) * per_unit
         rows.append((spec.name, t_torch, t_engine))
-        print(f"{spec.name}: torch {t_torch:.1f} ms, {manifest['backend']} {t_engine:.1f} ms", flush=True)
-    print(f"\n{manifest['preset']['name']} preset, {manifest['backend']} engines, {torch.get_num_threads()} threads, "
-          f"{platform.machine()}, torch {torch.__version__}; median of {args.repeats}, ms per 160 ms unit\n")
-    print(f"| stage | torch eager | {manifest['backend']} | speed-up |")
+        print(f"{spec.name}: {base_name} {t_torch:.1f} ms, {this_name} {t_engine:.1f} ms", flush=True)
+    print(f"\n{manifest['preset']['name']} preset, {this_name} engines against {base_name}, {torch.get_num_threads()} "
+          f"threads, {platform.machine()}, torch {torch.__version__}; median of {args.repeats}, ms per 160 ms unit\n")
+    print(f"| stage | {base_name} | {this_name} | speed-up |")
     print("| --- | ---: | ---: | ---: |")
     for name, a, b in rows:
         print(f"| {name}{f' (x{steps})' if name == 'flow_step' else ''} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")

@@ -68,15 +68,17 @@ class SessionDiff:
     tokens_total: int
     audio_snr_db: float
     frames_snr_db: float
+    latents_snr_db: float  # the solver's clean latents y_k (audio and video), before the decoders
 
 
 def session_diff(reference, candidate, units: list[tuple[np.ndarray, np.ndarray]]) -> SessionDiff:
     """Stream `units` through both sessions (same input; each seeded alike) -> what differs."""
     outs = []
     for session in (reference, candidate):
-        tokens, audio, frames = [], [], []
+        tokens, audio, frames, latents = [], [], [], []
         for a, f in units:
             r = session.step(a, f)
+            latents += [session.prev_audio.ravel().copy(), session.prev_video.ravel().copy()]  # y_(k-1)
             tokens.append(r.text_tokens)
             if r.audio is not None:
                 audio.append(r.audio)
@@ -84,6 +86,8 @@ def session_diff(reference, candidate, units: list[tuple[np.ndarray, np.ndarray]
         last = session.flush()
         audio.append(last.audio)
         frames.append(last.frames)
-        outs.append((np.stack(tokens), np.concatenate(audio), np.concatenate(frames).astype(np.float64)))
-    (t0, a0, f0), (t1, a1, f1) = outs
-    return SessionDiff(len(units), int(np.sum(t0 != t1)), int(t0.size), snr_db(a0, a1), snr_db(f0, f1))
+        latents += [session.prev_audio.ravel().copy(), session.prev_video.ravel().copy()]
+        outs.append((np.stack(tokens), np.concatenate(audio), np.concatenate(frames).astype(np.float64),
+                     np.concatenate(latents)))
+    (t0, a0, f0, y0), (t1, a1, f1, y1) = outs
+    return SessionDiff(len(units), int(np.sum(t0 != t1)), int(t0.size), snr_db(a0, a1), snr_db(f0, f1), snr_db(y0, y1))

@@ -8,6 +8,7 @@ ONNX Runtime and TensorRT consume; FP8 as TensorRT's `trt::TRT_FP8QuantizeLinear
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -27,11 +28,17 @@ def export_quantized_stage(spec: StageSpec, module: torch.nn.Module, path: Path,
     """Export the quantized `module` of `spec` to `path` and check it; returns (inputs, outputs)."""
     args = tuple(spec.example_inputs.values())
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), input_names=list(spec.example_inputs),
+        raw = Path(tmp) / path.name  # over 2 GB the exporter writes one file per tensor: gather them
+        torch.onnx.export(module, args, str(raw), input_names=list(spec.example_inputs),
                           output_names=spec.output_names, opset_version=17, dynamo=False,
                           do_constant_folding=True)
+        model = onnx.load(str(raw))
+        large = len(list(Path(tmp).iterdir())) > 1 or model.ByteSize() > 1_800_000_000
+        onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
+                        location=f"{path.name}.data")
+        del model
     onnx.checker.check_model(str(path), full_check=False)
     onnx.shape_inference.infer_shapes_path(str(path), check_type=True)
     model = onnx.load(str(path), load_external_data=False)

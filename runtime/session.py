@@ -51,11 +51,15 @@ class UnitOutput:
 
 class EngineSession:
     """Streams one conversation through the engines of `directory` (batch 1). Use as a context manager
-    (or call `close`) so a pipelined session's performer process is stopped."""
+    (or call `close`) so a pipelined session's performer process is stopped.
+
+    threads: CPU threads per engine (ORT); performer_core: CPU core the performer is pinned to (default:
+    the last one, when threads == 1); performer_gpu: CUDA device the performer process sees (default:
+    the same as the thinker's); performer_timeout_s: seconds without a result before it counts as hung."""
 
     def __init__(self, directory: str | Path, seed: int = 0, expect_preset: str | None = None,
                  threads: int | None = None, mode: str = "sequential", performer_timeout_s: float | None = None,
-                 performer_core: int | None = None, nvtx: bool = False) -> None:
+                 performer_core: int | None = None, performer_gpu: int | None = None, nvtx: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         thinker_stages = ["audio_enc", "video_enc", "thinker_step", "audio_dec", "video_dec"]
@@ -69,7 +73,7 @@ class EngineSession:
             if performer_core is None and threads == 1 and len(os.sched_getaffinity(0)) >= 2:
                 performer_core = max(os.sched_getaffinity(0))
             self.performer = PerformerProcess(directory, self.spec, seed, self.log, threads, performer_core,
-                                              timeout_s=performer_timeout_s,
+                                              device=performer_gpu, timeout_s=performer_timeout_s,
                                               pin=manifest["target"]["device"] == "cuda")
 
     @classmethod

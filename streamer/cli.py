@@ -154,6 +154,8 @@ def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
                         help="with --engines: one process, the reference order (default: thinker + performer pipelined)")
     parser.add_argument("--performer-timeout", type=float, default=None,
                         help="seconds without a result before the performer counts as hung (default: 10x a warm solve, >= 2 s)")
+    parser.add_argument("--performer-gpu", type=int, default=None,
+                        help="CUDA device of the performer process (default: the thinker's; two GPUs: 1)")
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:

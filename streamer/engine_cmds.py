@@ -16,7 +16,8 @@ def _session(args, mode: str):
     if getattr(args, "weights", None) is not None:
         raise ValueError("--weights goes with the torch backend; engines carry the weights they were built with")
     session = EngineSession(args.engines, seed=args.seed, expect_preset=getattr(args, "preset", None),
-                            threads=args.threads, mode=mode, performer_timeout_s=args.performer_timeout)
+                            threads=args.threads, mode=mode, performer_timeout_s=args.performer_timeout,
+                            performer_gpu=args.performer_gpu)
     backend = session.manifest["backend"]
     if getattr(args, "backend", None) not in (None, backend):
         session.close()

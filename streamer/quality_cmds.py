@@ -24,7 +24,8 @@ def verify(args, read_input, out, console) -> int:
     if args.session:
         d = session_against_torch(args.engines, args.session, args.seed, read_input)
         out.print(f"session of {d.units} units against torch fp32: text tokens differ {d.tokens_differ}/"
-                  f"{d.tokens_total}, audio SNR {d.audio_snr_db:.1f} dB, frames SNR {d.frames_snr_db:.1f} dB")
+                  f"{d.tokens_total}, SNR of the latents {d.latents_snr_db:.1f} dB, audio {d.audio_snr_db:.1f} dB, "
+                  f"frames {d.frames_snr_db:.1f} dB")
     failed = [r.stage for r in results if not r.ok]
     if failed:
         console.print(f"[bold red]verify failed:[/] {', '.join(failed)}")

@@ -136,3 +136,20 @@ def test_fp8_tensorrt_build(calibration_set, tmp_path):
                  "--calibration", str(calibration_set), "--out", str(tmp_path / "fp8")]) == 0
     manifest = json.loads((tmp_path / "fp8" / "manifest.json").read_text())
     assert manifest["stages"]["flow_step"]["precision"] == "fp8"
+
+
+def test_calibrate_command_reads_a_folder_of_clips(tmp_path, tiny, capsys):
+    from streamer.media import write_video, write_wav
+
+    audio, frames = synthetic_input(tiny, 3, 5)
+    (tmp_path / "clips").mkdir()
+    write_wav(tmp_path / "clips" / "a.wav", audio, tiny.sample_rate)
+    write_video(tmp_path / "clips" / "a.mp4", frames, tiny.fps)
+    out = tmp_path / "cal.safetensors"
+    assert main(["calibrate", "--preset", "tiny", "--data", str(tmp_path / "clips"), "--units", "2",
+                 "--out", str(out)]) == 0
+    tensors, meta = load_calibration(out, tiny)
+    assert meta["source"] == str(tmp_path / "clips") and tensors["thinker_step.audio_in"].shape[0] == 2
+    (tmp_path / "clips" / "a.mp4").unlink()
+    assert main(["calibrate", "--preset", "tiny", "--data", str(tmp_path / "clips"), "--out", str(out)]) == 2
+    assert "expected NAME.wav + NAME.mp4 pairs" in capsys.readouterr().err

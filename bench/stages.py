@@ -18,6 +18,7 @@ import torch
 from export.stages import make_stages
 from export.verify import reference_system
 from runtime.engines import load_engines
+from runtime.manifest import read_manifest
 
 
 def best_ms(fn, repeats: int) -> float:
@@ -36,17 +37,24 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--baseline", help="another engine directory of the same preset, timed instead of torch eager")
+    ap.add_argument("--stages", help="comma-separated stages (default: all six)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    manifest, engines = load_engines(args.engines, threads=args.threads)
+    chosen = args.stages.split(",") if args.stages else None
+    manifest = read_manifest(args.engines)
     system = reference_system(manifest)
     steps = system.preset.flow_steps
-    baseline = load_engines(args.baseline, threads=args.threads) if args.baseline else None
-    base_name = f"{baseline[0]['backend']} {baseline[0]['precision']}" if baseline else "torch eager"
+    base_name = (f"{read_manifest(args.baseline)['backend']} {read_manifest(args.baseline)['precision']}"
+                 if args.baseline else "torch eager")
     this_name = f"{manifest['backend']} {manifest['precision']}"
     rows = []
     for spec in make_stages(system):
+        if chosen and spec.name not in chosen:
+            continue
+        # one stage's engines at a time (two builds of the small preset do not fit in memory together)
+        engines = load_engines(args.engines, threads=args.threads, stages=[spec.name])[1]
+        baseline = load_engines(args.baseline, threads=args.threads, stages=[spec.name]) if args.baseline else None
         feeds = {k: v.numpy() for k, v in spec.example_inputs.items()}
         args_t = tuple(spec.example_inputs.values())
 
@@ -59,6 +67,7 @@ def main() -> None:
         t_torch = best_ms(eager, args.repeats) * per_unit
         t_engine = best_ms(lambda: engines[spec.name].run(feeds), args.repeats) * per_unit
         rows.append((spec.name, t_torch, t_engine))
+        del engines, baseline
         print(f"{spec.name}: {base_name} {t_torch:.1f} ms, {this_name} {t_engine:.1f} ms", flush=True)
     print(f"\n{manifest['preset']['name']} preset, {this_name} engines against {base_name}, {torch.get_num_threads()} "
           f"threads, {platform.machine()}, torch {torch.__version__}; median of {args.repeats}, ms per 160 ms unit\n")

@@ -73,6 +73,8 @@ def bench(args, read_input, out, console) -> int:
     from runtime.manifest import read_manifest
     from runtime.spec import delta_nbytes, unit_spec
 
+    if args.units < 2 or args.warmup < 0:
+        raise ValueError(f"bench: expected --units >= 2 and --warmup >= 0, got {args.units} and {args.warmup}")
     spec = unit_spec(read_manifest(args.engines))
     units = read_input(args.input, spec, args.units + args.warmup, args.seed)
     results = []

@@ -16,20 +16,16 @@ Heavy imports (torch, model_src) happen inside the commands, so `streamer --help
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
 from .units import InputError
 
-console = Console(stderr=True, soft_wrap=True)  # progress and messages, never wrapped mid-message
-out = Console(width=None if sys.stdout.isatty() else 160)  # tables (not squeezed to 80 columns in a pipe)
+from .outputs import console, out, print_timings, read_input, write_outputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,24 +178,6 @@ def _load_system(preset_name: str | None, weights: Path | None, seed: int):
     return build_system(get_preset(preset_name or "tiny"), seed=seed)
 
 
-def _read_input(spec: str, preset, units: int | None, seed: int):
-    from .media import read_video, read_wav, split_units, synthetic_input
-
-    if spec == "synthetic":
-        audio, frames = synthetic_input(preset, units or 50, seed)
-    elif Path(spec).is_dir():
-        from .media import read_folder
-
-        return read_folder(Path(spec), preset, units)
-    elif "+" in spec:
-        wav, video = spec.split("+", 1)
-        audio = read_wav(wav, preset.sample_rate)
-        frames = read_video(video, preset.fps, preset.frame_height, preset.frame_width)
-    else:
-        raise InputError(f"--input: expected 'synthetic' or 'AUDIO.wav+VIDEO.mp4', got {spec!r}")
-    return split_units(audio, frames, preset, units)
-
-
 def cmd_run(args) -> int:
     """`streamer run`: the torch reference session, or the engines of --engines (runtime/)."""
     from rich.progress import Progress
@@ -207,7 +185,7 @@ def cmd_run(args) -> int:
     if args.engines is not None:
         from .engine_cmds import run_engines
 
-        return run_engines(args, _read_input, _write_outputs, _print_timings, console)
+        return run_engines(args)
     if args.backend not in (None, "torch"):
         raise ValueError(f"--backend {args.backend} needs --engines DIR (build them with `streamer build`)")
     if args.live or args.sequential:
@@ -220,7 +198,7 @@ def cmd_run(args) -> int:
         torch.set_num_threads(args.threads)
     system = _load_system(args.preset, args.weights, args.weights_seed)
     session, p = ReferenceSession(system, seed=args.seed), system.preset
-    units = _read_input(args.input, p, args.units, args.seed)
+    units = read_input(args.input, p, args.units, args.seed)
     audio_out, frames_out, results = [], [], []
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"streaming {len(units)} units ({p.name}, torch)", total=len(units))
@@ -232,59 +210,23 @@ def cmd_run(args) -> int:
             results.append(r)
             bar.advance(task)
     last_audio, last_frames = session.flush()
-    _write_outputs(args.out, p, audio_out + [last_audio], frames_out + [last_frames], results)
+    write_outputs(args.out, p, audio_out + [last_audio], frames_out + [last_frames], results)
     from .timing import summarize
 
-    _print_timings(summarize([r.timings_ms for r in results]), p.unit_ms, len(results))
+    print_timings(summarize([r.timings_ms for r in results]), p.unit_ms, len(results))
     return 0
-
-
-def _write_outputs(folder: Path, p, audio: list, frames: list, results: list) -> None:
-    """out.wav, out.mp4, out_audio.npy (unquantized), text.json, timings.csv (when there are timings)."""
-    import numpy as np
-
-    from .media import write_video, write_wav
-
-    folder.mkdir(parents=True, exist_ok=True)
-    write_wav(folder / "out.wav", np.concatenate(audio), p.sample_rate)
-    write_video(folder / "out.mp4", np.concatenate(frames), p.fps)
-    np.save(folder / "out_audio.npy", np.concatenate(audio))  # unquantized, for comparing backends
-    texts = [{"unit": r.unit_index, "tokens": r.text_tokens.tolist()} for r in results]
-    (folder / "text.json").write_text(json.dumps(texts, indent=0))
-    written = "out.wav, out.mp4, out_audio.npy, text.json"
-    rows = [r.timings_ms for r in results if r.timings_ms]
-    if rows:
-        with open(folder / "timings.csv", "w", newline="") as f:
-            names = list(dict.fromkeys(name for row in rows for name in row))  # stages in first-seen order
-            writer = csv.DictWriter(f, fieldnames=["unit", *names], restval="")
-            writer.writeheader()
-            for k, row in enumerate(rows):
-                writer.writerow({"unit": k, **{s: f"{v:.3f}" for s, v in row.items()}})
-        written += ", timings.csv"
-    console.print(f"wrote {folder}/: {written}")
 
 
 def cmd_bench(args) -> int:
     from .engine_cmds import bench
 
-    return bench(args, _read_input, out, console)
+    return bench(args)
 
 
 def cmd_profile(args) -> int:
     from .engine_cmds import profile
 
-    return profile(args, _read_input, console)
-
-
-def _print_timings(summary: dict, unit_ms: float, n_units: int) -> None:
-    table = Table(title=f"per-unit time over {n_units} units (ms)")
-    for col in ("stage", "p50", "p90", "p99", "max", "mean"):
-        table.add_column(col, justify="left" if col == "stage" else "right")
-    for stage, s in summary.items():
-        table.add_row(stage, *(f"{s[c]:.2f}" for c in ("p50", "p90", "p99", "max", "mean")))
-    out.print(table)
-    rtf = summary["total"]["mean"] / unit_ms
-    out.print(f"real-time factor {rtf:.3f} (mean unit time / {unit_ms:g} ms; below 1 keeps up)")
+    return profile(args)
 
 
 def cmd_presets(args) -> int:
@@ -344,13 +286,13 @@ def cmd_build(args) -> int:
 def cmd_verify(args) -> int:
     from .quality_cmds import verify
 
-    return verify(args, _read_input, out, console)
+    return verify(args)
 
 
 def cmd_calibrate(args) -> int:
     from .quality_cmds import calibrate
 
-    return calibrate(args, _load_system, _read_input, console)
+    return calibrate(args, _load_system)
 
 
 def cmd_inspect(args) -> int:

@@ -7,6 +7,7 @@ import time
 import numpy as np
 from rich.table import Table
 
+from .outputs import console, out, print_timings, read_input, write_outputs
 from .units import UnitResult
 
 
@@ -26,7 +27,7 @@ def _session(args, mode: str):
     return session
 
 
-def run_engines(args, read_input, write_outputs, print_timings, console) -> int:
+def run_engines(args) -> int:
     """`streamer run --engines DIR`: paced to wall time with --live, else as fast as it goes."""
     from rich.progress import Progress
 
@@ -67,7 +68,7 @@ def run_engines(args, read_input, write_outputs, print_timings, console) -> int:
     return 0
 
 
-def bench(args, read_input, out, console) -> int:
+def bench(args) -> int:
     """`streamer bench`: sequential and pipelined side by side on the same input and seed."""
     from runtime.bench import bench_mode, timeline_png
     from runtime.manifest import read_manifest
@@ -117,7 +118,7 @@ def bench(args, read_input, out, console) -> int:
     return 0
 
 
-def profile(args, read_input, console) -> int:
+def profile(args) -> int:
     """`streamer profile`: a Chrome/Perfetto trace of every stage span of both workers (NVTX ranges too
     when a CUDA device is visible to torch)."""
     from runtime.bench import bench_mode

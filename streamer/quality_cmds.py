@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from .outputs import console, out, read_input
 
-def verify(args, read_input, out, console) -> int:
+
+def verify(args) -> int:
     from export.verify import verify as verify_stages
 
     results = verify_stages(args.engines, units=args.units, polygraphy=not args.no_polygraphy)
@@ -22,7 +24,7 @@ def verify(args, read_input, out, console) -> int:
                       {None: "-", True: "agrees", False: "DIFFERS"}[r.polygraphy], "[green]ok[/]" if r.ok else "[red]FAIL[/]")
     out.print(table)
     if args.session:
-        d = session_against_torch(args.engines, args.session, args.seed, read_input)
+        d = session_against_torch(args.engines, args.session, args.seed)
         out.print(f"session of {d.units} units against torch fp32: text tokens differ {d.tokens_differ}/"
                   f"{d.tokens_total}, SNR of the latents {d.latents_snr_db:.1f} dB, audio {d.audio_snr_db:.1f} dB, "
                   f"frames {d.frames_snr_db:.1f} dB")
@@ -33,7 +35,7 @@ def verify(args, read_input, out, console) -> int:
     return 0
 
 
-def session_against_torch(engines, n_units: int, seed: int, read_input):
+def session_against_torch(engines, n_units: int, seed: int):
     """Stream the same synthetic input through the engines and through the torch fp32 modules (the same
     runtime unit path on both) -> calibration.accuracy.SessionDiff."""
     from calibration.accuracy import session_diff
@@ -48,7 +50,7 @@ def session_against_torch(engines, n_units: int, seed: int, read_input):
         return session_diff(reference, session, units)
 
 
-def calibrate(args, load_system, read_input, console) -> int:
+def calibrate(args, load_system) -> int:
     """`streamer calibrate`: stream the data through the reference, record every stage's inputs."""
     from rich.progress import Progress
 

@@ -10,25 +10,14 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
-import numpy as np
 import torch
 
 from export.stages import make_stages
 from export.verify import reference_system
 from runtime.engines import load_engines
 from runtime.manifest import read_manifest
-
-
-def best_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - t0))
-    return float(np.median(times))
+from streamer.timing import median_ms
 
 
 def main() -> None:
@@ -45,8 +34,8 @@ def main() -> None:
     manifest = read_manifest(args.engines)
     system = reference_system(manifest)
     steps = system.preset.flow_steps
-    base_name = (f"{read_manifest(args.baseline)['backend']} {read_manifest(args.baseline)['precision']}"
-                 if args.baseline else "torch eager")
+    base = read_manifest(args.baseline) if args.baseline else None
+    base_name = f"{base['backend']} {base['precision']}" if base else "torch eager"
     this_name = f"{manifest['backend']} {manifest['precision']}"
     rows = []
     for spec in make_stages(system):
@@ -64,10 +53,10 @@ def main() -> None:
         per_unit = steps if spec.name == "flow_step" else 1
         if baseline:
             eager = lambda: baseline[1][spec.name].run(feeds)  # noqa: E731
-        t_torch = best_ms(eager, args.repeats) * per_unit
-        t_engine = best_ms(lambda: engines[spec.name].run(feeds), args.repeats) * per_unit
+        t_torch = median_ms(eager, args.repeats) * per_unit
+        t_engine = median_ms(lambda: engines[spec.name].run(feeds), args.repeats) * per_unit
         rows.append((spec.name, t_torch, t_engine))
-        del engines, baseline
+        engines = baseline = None  # release this stage's engines before the next stage's load
         print(f"{spec.name}: {base_name} {t_torch:.1f} ms, {this_name} {t_engine:.1f} ms", flush=True)
     print(f"\n{manifest['preset']['name']} preset, {this_name} engines against {base_name}, {torch.get_num_threads()} "
           f"threads, {platform.machine()}, torch {torch.__version__}; median of {args.repeats}, ms per 160 ms unit\n")

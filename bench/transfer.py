@@ -16,7 +16,6 @@ import platform
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from types import SimpleNamespace
@@ -26,19 +25,10 @@ import numpy as np
 from model_src.config import PRESETS
 from runtime.kv_cache import KVBuffers
 from runtime.transport import SharedSlots
+from streamer.timing import median_ms
 
 ECHO = "import sys; from multiprocessing.connection import Connection; c = Connection(int(sys.argv[1]))\n" \
        "while True:\n    m = c.recv_bytes()\n    c.send_bytes(m)\n    if m == b'stop': break"
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - t0))
-    return float(np.median(times))
 
 
 def message_round_trip_us(repeats: int) -> float:

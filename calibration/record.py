@@ -106,8 +106,9 @@ def stage_feeds(tensors: dict[str, np.ndarray], stage: str, system) -> Iterator[
     if not recorded:
         raise CalibrationError(f"the calibration set has no inputs of stage {stage!r}")
     n = len(next(iter(recorded.values())))
-    manifest, engines, initial = torch_parts(system)
-    if stage in ("thinker_step", "flow_step"):
+    cached = stage in ("thinker_step", "flow_step")  # the cache shapes come from thinker_step's I/O
+    manifest, engines, initial = torch_parts(system, stages=("thinker_step",) if cached else (stage,))
+    if cached:
         spec = unit_spec(manifest)
         cache, appended = KVBuffers(spec), 0
         for i in range(n):

@@ -35,11 +35,13 @@ class TorchStageEngine(Engine):
         return {t.name: y.numpy() for t, y in zip(self.outputs, outs)}
 
 
-def torch_parts(system, modules: dict[str, torch.nn.Module] | None = None) -> tuple[dict, dict, dict]:
+def torch_parts(system, modules: dict[str, torch.nn.Module] | None = None,
+                stages: tuple[str, ...] | None = None) -> tuple[dict, dict, dict]:
     """(manifest-like dict, {stage: TorchStageEngine}, initial codec states) for
-    `EngineSession.in_process`; `modules` replaces some stages' modules (e.g. quantized ones)."""
+    `EngineSession.in_process`; `modules` replaces some stages' modules (e.g. quantized ones); `stages`
+    keeps only those (each engine runs its module once to learn its output shapes)."""
     modules = modules or {}
-    specs = make_stages(system)
+    specs = [s for s in make_stages(system) if stages is None or s.name in stages]
     engines = {s.name: TorchStageEngine(s, modules.get(s.name)) for s in specs}
     manifest = {"preset": {"name": system.preset.name, "json": system.preset.to_json()},
                 "stages": {name: {"inputs": [t.to_json() for t in e.inputs], "outputs": [t.to_json() for t in e.outputs]}

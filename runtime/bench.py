@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from streamer.timing import percentiles
+
 from .session import EngineSession, UnitOutput
 
 
@@ -32,15 +34,6 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
-
-
-def percentiles(x: list[float]) -> dict[str, float]:
-    """p50/p90/p99/mean/max of `x` (NaN for all of them when `x` is empty)."""
-    a = np.asarray(x, dtype=np.float64)
-    if a.size == 0:
-        return dict.fromkeys(("p50", "p90", "p99", "mean", "max"), float("nan"))
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "max": float(a.max())}
 
 
 def bench_mode(directory: str | Path, mode: str, units: list[tuple[np.ndarray, np.ndarray]], seed: int = 0,

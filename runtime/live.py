@@ -88,6 +88,9 @@ def run_live(session: EngineSession, source: LiveInput, n_units: int, emit: Call
     silence = np.zeros(s.samples_per_unit, np.float32)
     last_frames = np.full((s.frames_per_unit, s.frame_height, s.frame_width, 3), 128, np.uint8)
 
+    def filler() -> tuple[np.ndarray, np.ndarray]:  # silence and the last frame seen, held
+        return silence, np.repeat(last_frames[-1:], s.frames_per_unit, 0)
+
     def out(o: UnitOutput | None) -> None:
         if o is not None:
             stats.latency_ms.append(1000.0 * (time.perf_counter() - arrival.pop(o.unit_index)))
@@ -101,7 +104,7 @@ def run_live(session: EngineSession, source: LiveInput, n_units: int, emit: Call
         got = source.take(k)
         if got is None:
             stats.missing += 1
-            audio, frames, arrival[k] = silence, np.repeat(last_frames[-1:], s.frames_per_unit, 0), due + grace_s
+            (audio, frames), arrival[k] = filler(), due + grace_s
         else:
             audio, frames, arrival[k] = got
         if time.perf_counter() > due + unit_s:
@@ -111,7 +114,7 @@ def run_live(session: EngineSession, source: LiveInput, n_units: int, emit: Call
             last_frames = frames
         except InputError:  # a malformed unit from the capture side: filler instead, never a stall
             stats.rejected += 1
-            r = session.step(silence, np.repeat(last_frames[-1:], s.frames_per_unit, 0))
+            r = session.step(*filler())
         stats.tokens.append(r.text_tokens)
         if r.audio is not None:
             out(UnitOutput(k - 1, r.audio, r.frames))

@@ -5,7 +5,7 @@ Two forms behind one interface (`submit(k, k_delta, v_delta)`, `result(k) -> (y_
 - `LocalPerformer`: in the thinker's process, solving inside `submit` (the sequential reference).
 - `PerformerProcess`: a second process (`python -m runtime.performer`); tensors travel through a
   double-buffered shared-memory block (`SharedSlots`, page-locked on a GPU), the pipe carries only
-  8-byte messages (op, unit). Death is noticed at once (the process sentinel), a hang after
+  8-byte messages (op, unit). Death is noticed at once (EOF on the pipe), a hang after
   `timeout_s`; either raises `PerformerError`, and the process is stopped and reaped.
 """
 from __future__ import annotations
@@ -70,9 +70,8 @@ class PerformerProcess:
     def __init__(self, directory: str | Path, spec: SimpleNamespace, seed: int, log: SpanLog,
                  threads: int | None = 1, core: int | None = None, device: int | None = None,
                  timeout_s: float | None = None, pin: bool = False) -> None:
-        self.spec, self.log = spec, log
-        self.layout = exchange_layout(spec)
-        self.slots = SharedSlots.create(self.layout, n_slots=2)
+        self.log = log
+        self.slots = SharedSlots.create(exchange_layout(spec), n_slots=2)
         if pin:  # CUDA engines: page-locked, so the copies to and from the GPU are async DMA
             self.slots.pin_for_cuda()
         ours, theirs = socket.socketpair()

@@ -35,7 +35,7 @@ from .performer import LocalPerformer, PerformerProcess
 from .solver import FlowSolver
 from .spec import unit_spec
 from .thinker import Thinker
-from .trace import STAGES, WORKERS, SpanLog
+from .trace import SpanLog
 
 MODES = ("sequential", "pipelined")
 
@@ -158,13 +158,7 @@ class EngineSession:
         return UnitOutput(k, wave, frames)
 
     def _thinker_ms(self, first_span: int, started: float) -> dict[str, float]:
-        """Milliseconds per stage of this process's spans during this step, plus its total."""
-        out: dict[str, float] = {}
-        rows = self.log.rows
-        for i in range(first_span, self.log.count):
-            r = rows[i % len(rows)]
-            if self.mode == "sequential" or WORKERS[r["worker"]] == "thinker":
-                name = STAGES[r["stage"]]
-                out[name] = out.get(name, 0.0) + 1000.0 * (r["t1"] - r["t0"])
+        """Milliseconds per stage this process spent in this step (the in-process solve too), plus its total."""
+        out = self.log.stage_ms(first_span, None if self.mode == "sequential" else "thinker")
         out["total"] = 1000.0 * (time.perf_counter() - started)
         return out

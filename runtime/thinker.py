@@ -17,7 +17,7 @@ States = dict[str, np.ndarray]
 
 class Thinker:
     def __init__(self, engines: dict[str, Engine], initial_state: dict[str, States], spec: SimpleNamespace) -> None:
-        self.engines, self.states, self.spec = engines, initial_state, spec
+        self.engines, self.states, self.spec = engines, dict(initial_state), spec  # the caller's dict stays as given
 
     def _codec(self, stage: str, x_name: str, x: np.ndarray) -> tuple[np.ndarray, States]:
         state = self.states[stage]

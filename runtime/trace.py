@@ -50,16 +50,15 @@ class SpanLog:
         return [(WORKERS[r["worker"]], STAGES[r["stage"]], int(r["unit"]), float(r["t0"]), float(r["t1"]))
                 for r in (self.rows[i % n] for i in idx)]
 
-    def unit_ms(self, unit: int) -> dict[str, float]:
-        """Milliseconds per stage of one unit (summed over both workers' spans of that stage)."""
-        n = min(self.count, len(self.rows))
-        rows = self.rows[:n][self.rows[:n]["unit"] == unit]
+    def stage_ms(self, first: int, worker: str | None = None) -> dict[str, float]:
+        """Milliseconds per stage of the spans added since span number `first` (of `worker`, or all)."""
         out: dict[str, float] = {}
-        for r in rows:
-            name = STAGES[r["stage"]]
-            out[name] = out.get(name, 0.0) + 1000.0 * (r["t1"] - r["t0"])
+        for i in range(max(first, self.count - len(self.rows)), self.count):
+            r = self.rows[i % len(self.rows)]
+            if worker is None or WORKERS[r["worker"]] == worker:
+                name = STAGES[r["stage"]]
+                out[name] = out.get(name, 0.0) + 1000.0 * (r["t1"] - r["t0"])
         return out
-
 
 def write_chrome_trace(spans: list[tuple[str, str, int, float, float]], path: str | Path) -> None:
     """Spans -> a Chrome trace-event JSON (open in ui.perfetto.dev or chrome://tracing): one track per worker."""

@@ -8,6 +8,7 @@ import numpy as np
 from rich.table import Table
 
 from .outputs import console, out, print_timings, read_input, write_outputs
+from .timing import percentiles, summarize
 from .units import UnitResult
 
 
@@ -46,8 +47,8 @@ def run_engines(args) -> int:
             stats = run_live(session, source, len(units), outputs.append, t0)
             for k, tokens in enumerate(stats.tokens):
                 results.append(UnitResult(k, tokens, None, None, {}))
-            lat = np.percentile(stats.latency_ms, [50, 90, 99])
-            console.print(f"model-side latency p50 {lat[0]:.1f} / p90 {lat[1]:.1f} / p99 {lat[2]:.1f} ms; "
+            lat = percentiles(stats.latency_ms)
+            console.print(f"model-side latency p50 {lat['p50']:.1f} / p90 {lat['p90']:.1f} / p99 {lat['p99']:.1f} ms; "
                           f"missing input {stats.missing}, late {stats.late}, rejected {stats.rejected}, "
                           f"units behind {stats.behind}")
         else:
@@ -62,8 +63,6 @@ def run_engines(args) -> int:
             outputs.append(session.flush())
     write_outputs(args.out, p, [o.audio for o in outputs], [o.frames for o in outputs], results)
     if not args.live:
-        from .timing import summarize
-
         print_timings(summarize([r.timings_ms for r in results]), p.unit_ms, len(results))
     return 0
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from model_src.config import get_preset
 from model_src.session import frames_to_tensor
 from model_src.system import build_system
-from streamer.media import synthetic_input
+from unitio.media import synthetic_input
 
 
 def state_bytes(state) -> int:

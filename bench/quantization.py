@@ -29,7 +29,7 @@ from model_src.config import get_preset
 from model_src.system import build_system
 from runtime.engines import Engine
 from runtime.session import EngineSession
-from streamer.media import split_units, synthetic_input
+from unitio.media import split_units, synthetic_input
 
 START, END = "<!-- quantization tables: start -->", "<!-- quantization tables: end -->"
 

@@ -17,7 +17,7 @@ from export.stages import make_stages
 from export.verify import reference_system
 from runtime.engines import load_engines
 from runtime.manifest import read_manifest
-from streamer.timing import median_ms
+from unitio.timing import median_ms
 
 
 def main() -> None:

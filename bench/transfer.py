@@ -25,7 +25,7 @@ import numpy as np
 from model_src.config import PRESETS
 from runtime.kv_cache import KVBuffers
 from runtime.transport import SharedSlots
-from streamer.timing import median_ms
+from unitio.timing import median_ms
 
 ECHO = "import sys; from multiprocessing.connection import Connection; c = Connection(int(sys.argv[1]))\n" \
        "while True:\n    m = c.recv_bytes()\n    c.send_bytes(m)\n    if m == b'stop': break"

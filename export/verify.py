@@ -101,7 +101,7 @@ def _held_out_inputs(system, units: int, seed: int) -> dict:
     import tempfile
 
     from calibration.record import load_calibration, record
-    from streamer.media import split_units, synthetic_input
+    from unitio.media import split_units, synthetic_input
 
     p = system.preset
     audio, frames = synthetic_input(p, units, seed + 1000)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from streamer.units import cache_slot as shared_cache_slot
+from unitio.units import cache_slot as shared_cache_slot
 
 from .config import Preset
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from streamer.timing import StageTimer
-from streamer.units import (UnitResult, check_audio_unit, check_frames_unit, check_text_unit, frames_to_model,
+from unitio.timing import StageTimer
+from unitio.units import (UnitResult, check_audio_unit, check_frames_unit, check_text_unit, frames_to_model,
                             model_to_frames, unit_noise)
 
 from .flow import euler_solve

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.timing import percentiles
+from unitio.timing import percentiles
 
 from .session import EngineSession, UnitOutput
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engines import Engine
+from .engine import Engine
 
 
 class CudaGraphAotiEngine(Engine):

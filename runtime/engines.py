@@ -13,31 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .manifest import ManifestError, TensorSpec, read_manifest, stage_io
-
-
-class EngineInputError(ValueError):
-    """Feeds that do not match an engine's input spec."""
-
-
-class Engine:
-    backend = "abstract"
-
-    def __init__(self, stage: str, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
-        self.stage, self.inputs, self.outputs = stage, inputs, outputs
-
-    def check(self, feeds: dict[str, np.ndarray]) -> None:
-        names = [t.name for t in self.inputs]
-        if set(feeds) != set(names):
-            raise EngineInputError(f"{self.stage}: expected inputs {names}, got {sorted(feeds)}")
-        for t in self.inputs:
-            x = feeds[t.name]
-            if tuple(x.shape) != t.shape or x.dtype != np.dtype(t.dtype):
-                raise EngineInputError(f"{self.stage}.{t.name}: expected {t.dtype} {list(t.shape)}, "
-                                       f"got {x.dtype} {list(x.shape)}")
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+from .engine import Engine, EngineInputError  # noqa: F401  (the interface, re-exported)
+from .manifest import ManifestError, read_manifest, stage_io
 
 
 class OrtEngine(Engine):

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from streamer.units import cache_slot
+from unitio.units import cache_slot
 
 
 class KVBuffers:

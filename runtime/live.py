@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from streamer.units import InputError
+from unitio.units import InputError
 
 from .session import EngineSession, UnitOutput
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.units import (
+from unitio.units import (
     UnitResult,
     check_audio_unit,
     check_frames_unit,

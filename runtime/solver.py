@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from streamer.units import unit_noise
+from unitio.units import unit_noise
 
 from .engines import Engine
 from .kv_cache import KVBuffers

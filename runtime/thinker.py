@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from streamer.units import frames_to_model, model_to_frames
+from unitio.units import frames_to_model, model_to_frames
 
 from .engines import Engine
 from .kv_cache import KVBuffers

@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .units import InputError
+from unitio.units import InputError
 
 from .outputs import console, out, print_timings, read_input, write_outputs
 
@@ -211,7 +211,7 @@ def cmd_run(args) -> int:
             bar.advance(task)
     last_audio, last_frames = session.flush()
     write_outputs(args.out, p, audio_out + [last_audio], frames_out + [last_frames], results)
-    from .timing import summarize
+    from unitio.timing import summarize
 
     print_timings(summarize([r.timings_ms for r in results]), p.unit_ms, len(results))
     return 0

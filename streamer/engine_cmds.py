@@ -8,8 +8,8 @@ import numpy as np
 from rich.table import Table
 
 from .outputs import console, out, print_timings, read_input, write_outputs
-from .timing import percentiles, summarize
-from .units import UnitResult
+from unitio.timing import percentiles, summarize
+from unitio.units import UnitResult
 
 
 def _session(args, mode: str):

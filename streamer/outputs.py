@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .units import InputError
+from unitio.units import InputError
 
 console = Console(stderr=True, soft_wrap=True)  # progress and messages, never wrapped mid-message
 out = Console(width=None if sys.stdout.isatty() else 160)  # tables (not squeezed to 80 columns in a pipe)
@@ -18,12 +18,12 @@ out = Console(width=None if sys.stdout.isatty() else 160)  # tables (not squeeze
 
 def read_input(spec: str, preset, units: int | None, seed: int):
     """--input / --data: 'synthetic', 'AUDIO.wav+VIDEO.mp4' or a folder of pairs -> [(audio, frames)] per unit."""
-    from .media import read_video, read_wav, split_units, synthetic_input
+    from unitio.media import read_video, read_wav, split_units, synthetic_input
 
     if spec == "synthetic":
         audio, frames = synthetic_input(preset, units or 50, seed)
     elif Path(spec).is_dir():
-        from .media import read_folder
+        from unitio.media import read_folder
 
         return read_folder(Path(spec), preset, units)
     elif "+" in spec:
@@ -40,7 +40,7 @@ def write_outputs(folder: Path, p, audio: list, frames: list, results: list) -> 
     """out.wav, out.mp4, out_audio.npy (unquantized), text.json, timings.csv (when there are timings)."""
     import numpy as np
 
-    from .media import write_video, write_wav
+    from unitio.media import write_video, write_wav
 
     folder.mkdir(parents=True, exist_ok=True)
     write_wav(folder / "out.wav", np.concatenate(audio), p.sample_rate)

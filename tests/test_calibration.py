@@ -15,7 +15,7 @@ from export.stages import make_stages
 from helpers import report
 from runtime.manifest import read_manifest
 from streamer.cli import main
-from streamer.media import split_units, synthetic_input
+from unitio.media import split_units, synthetic_input
 
 pytest.importorskip("modelopt", reason="nvidia-modelopt is a core dependency; install the project")
 
@@ -139,7 +139,7 @@ def test_fp8_tensorrt_build(calibration_set, tmp_path):
 
 
 def test_calibrate_command_reads_a_folder_of_clips(tmp_path, tiny, capsys):
-    from streamer.media import write_video, write_wav
+    from unitio.media import write_video, write_wav
 
     audio, frames = synthetic_input(tiny, 3, 5)
     (tmp_path / "clips").mkdir()

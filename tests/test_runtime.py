@@ -17,8 +17,8 @@ from runtime.live import LiveInput, replay, run_live
 from runtime.performer import PerformerError
 from runtime.session import EngineSession
 from streamer.cli import main
-from streamer.media import split_units, synthetic_input
-from streamer.units import InputError
+from unitio.media import split_units, synthetic_input
+from unitio.units import InputError
 
 
 def _units(spec, n, seed=0):

@@ -8,8 +8,8 @@ import torch
 
 from model_src.session import ReferenceSession
 from streamer.cli import main
-from streamer.media import read_video, synthetic_input, write_video, write_wav
-from streamer.units import InputError
+from unitio.media import read_video, synthetic_input, write_video, write_wav
+from unitio.units import InputError
 
 
 def _units(p, n, seed=0):

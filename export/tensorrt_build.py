@@ -1,15 +1,18 @@
 """ONNX -> serialized TensorRT engine with the TensorRT 10 Python API (needs `tensorrt` and a GPU).
 
 Static shapes come from the ONNX graph (one optimization profile pins them, so a graph exported with a
-dynamic batch gets min = opt = max = the given shapes); precision flags FP16 / BF16 / FP8 / INT8 (INT8
-and FP8 expect QuantizeLinear/DequantizeLinear pairs from calibration); a timing cache shared by all
-stages of a build; our attention plugin registered first so its ONNX nodes parse.
+dynamic batch gets min = opt = max = the given shapes). Precision: an fp16/bf16 export is typed in that
+dtype (activations, KV cache, FP8 cache inputs), so its network is STRONGLY_TYPED and TensorRT follows
+the graph's types exactly; fp32 graphs build as they are; INT8 / FP8 graphs carry Q/DQ pairs from
+calibration and build weakly typed with the INT8 / FP8 (+FP16) flags. A timing cache shared by all
+stages of a build; our attention plugins registered first so their ONNX nodes parse.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-PRECISION_FLAGS = {"fp32": [], "fp16": ["FP16"], "bf16": ["BF16"], "fp8": ["FP8", "FP16"], "int8": ["INT8", "FP16"]}
+PRECISION_FLAGS = {"fp32": [], "fp16": [], "bf16": [], "fp8": ["FP8", "FP16"], "int8": ["INT8", "FP16"]}
+STRONGLY_TYPED = ("fp16", "bf16")  # the ONNX itself is in that dtype
 
 
 class TensorRTUnavailable(ValueError):
@@ -36,7 +39,8 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, timing_cach
     register()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    typed = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if precision in STRONGLY_TYPED else 0
+    network = builder.create_network(typed)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))

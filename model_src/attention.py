@@ -10,33 +10,44 @@ K/V are never repeated. This is the contract of the Triton kernel in kernels/ as
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-
-ATTN_IMPLS = ("torch", "triton")
+ATTN_IMPLS = ("torch", "sdpa", "triton")
+FP8_CACHE_TYPES = (torch.float8_e4m3fn,)
 
 
 def attend(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, cache_len: torch.Tensor,
            local_k: torch.Tensor, local_v: torch.Tensor, local_mask: torch.Tensor | None,
-           impl: str = "torch") -> torch.Tensor:
+           impl: str = "torch", k_scale: torch.Tensor | None = None,
+           v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Masked softmax attention over cache + local keys.
 
     q [B, Hq, L, D] (Hq a multiple of Hkv); cache_k/v [B, Hkv, Cap, D] (Cap may be 0), valid below
-    cache_len [B]; local_k/v [B, Hkv, Ll, D]; local_mask bool [B|1, 1, L, Ll], or None when every
-    query sees every local key (the streaming steps). Returns [B, Hq, L, D]; scale D ** -0.5.
+    cache_len [B], in q's dtype or FP8 E4M3 with per-KV-head scales k_scale/v_scale [Hkv] (float32);
+    local_k/v [B, Hkv, Ll, D]; local_mask bool [B|1, 1, L, Ll], or None when every query sees every
+    local key (the streaming steps). Returns [B, Hq, L, D]; scale D ** -0.5.
 
-    impl "torch": matmul + float32 softmax here. impl "triton": the kernel `streamer::block_attention`
-    (kernels/), for the streaming steps (local_mask None); an explicit local mask (the offline
-    forward, a training path) always runs here in torch.
+    impl "torch": two matmuls (cache, local keys) + one float32 softmax here, the reference.
+    impl "sdpa": `F.scaled_dot_product_attention` over the cache and local keys concatenated, with a
+    boolean mask (what a model without our kernel does; the baseline of `--attention sdpa`).
+    impl "triton": the kernel `streamer::block_attention` (kernels/), for the streaming steps
+    (local_mask None); an explicit local mask (the offline forward, a training path) runs in torch.
     """
     if impl == "triton" and local_mask is None:
         from kernels.ops import block_attention
 
-        return block_attention(q, cache_k, cache_v, cache_len, local_k, local_v, None, None, 0)
+        return block_attention(q, cache_k, cache_v, cache_len, local_k, local_v, k_scale, v_scale, 0)
     if impl not in ATTN_IMPLS:
         raise ValueError(f"attention impl must be one of {ATTN_IMPLS}, got {impl!r}")
+    if cache_k.dtype in FP8_CACHE_TYPES:
+        if k_scale is None or v_scale is None:
+            raise ValueError("attend: an FP8 cache needs its per-KV-head k_scale and v_scale")
+        cache_k, cache_v = dequantize(cache_k, k_scale, q.dtype), dequantize(cache_v, v_scale, q.dtype)
     cache_valid = (torch.arange(cache_k.shape[2], device=q.device)[None, :] < cache_len[:, None])[:, None, None]
     if local_mask is None:
         local_mask = torch.ones(1, 1, 1, local_k.shape[2], dtype=torch.bool, device=q.device)
+    if impl == "sdpa":
+        return _sdpa(q, cache_k, cache_v, cache_valid, local_k, local_v, local_mask)
     b, hq, n, d = q.shape
     hkv = local_k.shape[1]
     g = hq // hkv
@@ -51,3 +62,18 @@ def attend(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, cache_
     cap = cache_k.shape[2]
     out = torch.matmul(s[..., :cap], cache_v) + torch.matmul(s[..., cap:], local_v)
     return out.view(b, hq, n, d)
+
+
+def dequantize(cache: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """FP8 cache [B, Hkv, Cap, D] times its per-KV-head scale [Hkv] -> `dtype` (float32 arithmetic)."""
+    return (cache.float() * scale.float()[None, :, None, None]).to(dtype)
+
+
+def _sdpa(q, cache_k, cache_v, cache_valid, local_k, local_v, local_mask) -> torch.Tensor:
+    """SDPA over [cache ++ local] keys; GQA by repeating K/V heads (what exporters take everywhere)."""
+    b, hq, n, _ = q.shape
+    group = hq // local_k.shape[1]
+    keys = torch.cat([cache_k, local_k], dim=2).repeat_interleave(group, dim=1)
+    values = torch.cat([cache_v, local_v], dim=2).repeat_interleave(group, dim=1)
+    mask = torch.cat([cache_valid.expand(b, 1, n, -1), local_mask.expand(b, 1, n, -1)], dim=-1)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)

@@ -40,7 +40,7 @@ class SelfAttention(nn.Module):
         self.o_proj = nn.Linear(p.n_heads * p.head_dim, p.hidden, bias=False)
         self.q_norm = RMSNorm(p.head_dim, p.rms_eps)
         self.k_norm = RMSNorm(p.head_dim, p.rms_eps)
-        self.attn_impl = "torch"  # or "triton": see model_src.attention.attend
+        self.attn_impl = "torch"  # or "sdpa", "triton": see model_src.attention.attend
 
     def forward(self, x, cos, sin, ctx: "KeyContext"):
         """x [B, L, H]; cos/sin [B, 1, L, D]; ctx: this layer's cache and local keys (see `attend`).
@@ -54,7 +54,8 @@ class SelfAttention(nn.Module):
         v = self.v_proj(x).view(b, n, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         local_k, local_v = torch.cat([ctx.local_k, k], dim=2), torch.cat([ctx.local_v, v], dim=2)
-        out = attend(q, ctx.cache_k, ctx.cache_v, ctx.cache_len, local_k, local_v, ctx.local_mask, self.attn_impl)
+        out = attend(q, ctx.cache_k, ctx.cache_v, ctx.cache_len, local_k, local_v, ctx.local_mask, self.attn_impl,
+                     ctx.k_scale, ctx.v_scale)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1)), k, v
 
 
@@ -98,13 +99,27 @@ class Backbone(nn.Module):
         inv_freq, coarse = rope_tables(p.head_dim, p.rope_theta)
         self.register_buffer("rope_inv_freq", inv_freq, persistent=False)
         self.register_buffer("rope_coarse", coarse, persistent=False)
+        # [2, n_layers, Hkv] float32 K/V scales of an FP8 E4M3 cache (set_kv_cache_scales), else None
+        self.register_buffer("kv_cache_scales", None, persistent=False)
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions [B, L] int64 -> (cos, sin) [B, 1, L, D] float32."""
         return rope_cos_sin(positions, self.rope_inv_freq, self.rope_coarse)
 
+    def set_kv_cache_scales(self, k_scale: torch.Tensor | None, v_scale: torch.Tensor | None = None) -> None:
+        """Per-layer, per-KV-head FP8 scales ([n_layers, Hkv] each) for an FP8 E4M3 cache; None: no FP8."""
+        if k_scale is None:
+            self.kv_cache_scales = None
+            return
+        attn = self.layers[0].self_attn
+        want = (len(self.layers), attn.n_kv_heads)
+        if tuple(k_scale.shape) != want or tuple(v_scale.shape) != want:
+            raise ValueError(f"KV cache scales: expected [n_layers, Hkv] = {list(want)}, got "
+                             f"{list(k_scale.shape)} and {list(v_scale.shape)}")
+        self.kv_cache_scales = torch.stack([k_scale, v_scale]).float().to(self.embed_tokens.weight.device)
+
     def set_attn_impl(self, impl: str) -> None:
-        """"torch" or "triton" for every layer's attention in the streaming steps."""
+        """"torch", "sdpa" or "triton" for every layer's attention in the streaming steps."""
         from .attention import ATTN_IMPLS
 
         if impl not in ATTN_IMPLS:
@@ -124,8 +139,14 @@ class Backbone(nn.Module):
         Returns (x [B, L, H] before the final norm, k_new [n_layers, B, Hkv, L, D], v_new likewise).
         """
         ks, vs = [], []
+        fp8 = ctx.cache_k[0].dtype == torch.float8_e4m3fn
+        if fp8 and self.kv_cache_scales is None:
+            raise ValueError("an FP8 KV cache needs its scales: Backbone.set_kv_cache_scales(k_scale, v_scale)")
         for i, layer in enumerate(self.layers):
-            x, k, v = layer(x, cos, sin, ctx.layer(i))
+            layer_ctx = ctx.layer(i)
+            if fp8:
+                layer_ctx = layer_ctx._replace(k_scale=self.kv_cache_scales[0, i], v_scale=self.kv_cache_scales[1, i])
+            x, k, v = layer(x, cos, sin, layer_ctx)
             ks.append(k)
             vs.append(v)
         return x, torch.stack(ks), torch.stack(vs)
@@ -143,9 +164,11 @@ class Backbone(nn.Module):
 class KeyContext(NamedTuple):
     """What a block of queries may attend besides its own keys, for all layers at once.
 
-    cache_k/v [n_layers, B, Hkv, Cap, D] valid below cache_len [B]; local_k/v [n_layers, B, Hkv, Ll, D]
+    cache_k/v [n_layers, B, Hkv, Cap, D] valid below cache_len [B] (or a tuple of n_layers [B, Hkv, Cap, D]
+    tensors: an FP8 cache exported to ONNX, where no indexing op takes FP8); local_k/v [n_layers, B, Hkv, Ll, D]
     (keys of the same unit computed earlier); local_mask bool [B|1, 1, L, Ll + L] over the local keys
-    followed by the block's own keys, or None: the block sees all of them.
+    followed by the block's own keys, or None: the block sees all of them. k_scale/v_scale [Hkv]: one
+    layer's FP8 cache scales (filled in per layer by `Backbone.run_layers`).
     """
 
     cache_k: torch.Tensor
@@ -154,6 +177,8 @@ class KeyContext(NamedTuple):
     local_k: torch.Tensor
     local_v: torch.Tensor
     local_mask: torch.Tensor | None = None
+    k_scale: torch.Tensor | None = None
+    v_scale: torch.Tensor | None = None
 
     def layer(self, i: int) -> "KeyContext":
         return KeyContext(self.cache_k[i], self.cache_v[i], self.cache_len, self.local_k[i], self.local_v[i],

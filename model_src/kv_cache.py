@@ -36,13 +36,28 @@ def cache_slot(p: Preset, unit_index: int) -> int:
     return shared_cache_slot(unit_index, p.sink_units, p.window_units)
 
 
+FP8_E4M3_MAX = 448.0
+
+
+def quantize_fp8(delta: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A delta [n_layers, B, Hkv, T, D] divided by its per-(layer, KV head) scale [n_layers, Hkv],
+    saturated to E4M3's range, as float8_e4m3fn (what an FP8 cache stores)."""
+    x = delta.float() / scale.float()[:, None, :, None, None]
+    return x.clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+
+
 def append_unit(p: Preset, cache: KVCache, k_delta: torch.Tensor, v_delta: torch.Tensor,
-                unit_index: int) -> KVCache:
-    """Write one unit's delta ([n_layers, B, Hkv, T, D] each) into the cache in place; returns the cache."""
+                unit_index: int, scales: torch.Tensor | None = None) -> KVCache:
+    """Write one unit's delta ([n_layers, B, Hkv, T, D] each) into the cache in place; returns the cache.
+    An FP8 cache quantizes it with `scales` [2, n_layers, Hkv] (Backbone.kv_cache_scales)."""
     t = p.tokens_per_unit
     if k_delta.shape[-2] != t or v_delta.shape != k_delta.shape:
         raise ValueError(f"KV delta must be [n_layers, B, Hkv, {t}, D]; got {tuple(k_delta.shape)} "
                          f"and {tuple(v_delta.shape)}")
+    if cache.k.dtype == torch.float8_e4m3fn:
+        if scales is None:
+            raise ValueError("append_unit: an FP8 cache needs the K/V scales [2, n_layers, Hkv]")
+        k_delta, v_delta = quantize_fp8(k_delta, scales[0]), quantize_fp8(v_delta, scales[1])
     start = cache_slot(p, unit_index) * t
     cache.k[..., start:start + t, :] = k_delta
     cache.v[..., start:start + t, :] = v_delta

@@ -42,8 +42,8 @@ class ReferenceSession:
 
     def __init__(self, system: AVSystem, seed: int = 0) -> None:
         self.system, self.p, self.seed = system, system.preset, seed
-        p, dtype = self.p, system.model.dtype
-        self.cache = init_cache(p, batch=1, dtype=dtype)
+        p, scales = self.p, system.model.backbone.kv_cache_scales
+        self.cache = init_cache(p, batch=1, dtype=torch.float8_e4m3fn if scales is not None else system.model.dtype)
         self.audio_enc_state = system.audio_vae.init_encoder_state(1)
         self.video_enc_state = system.video_vae.init_encoder_state(1)  # primed with a mid-gray frame
         self.audio_dec_state = system.audio_vae.init_decoder_state(1)
@@ -72,7 +72,7 @@ class ReferenceSession:
         with timer("thinker_step"):
             out = model.thinker_step(torch.from_numpy(text)[None], zv, za, self.prev_audio, self.prev_video,
                                      *self.cache, index)
-            append_unit(p, self.cache, out.k_delta, out.v_delta, k)
+            append_unit(p, self.cache, out.k_delta, out.v_delta, k, model.backbone.kv_cache_scales)
         self.audio_enc_state, self.video_enc_state = audio_enc_state, video_enc_state
         with timer("flow"):
             na, nv = unit_noise(self.seed, k, tuple(self.prev_audio.shape), tuple(self.prev_video.shape))

@@ -5,6 +5,7 @@
     streamer init-weights   a seeded random weights file for a preset (safetensors)
     streamer import-weights a weights file from local Qwen3 / Mimi / Wan2.1-VAE checkpoints
     streamer build     every stage to ONNX -> engines + manifest.json
+    streamer export    the checked ONNX of every stage + manifest (build the engines on the target GPU)
     streamer verify    every engine against the torch reference
     streamer inspect   what an engine directory holds
     streamer calibrate record every stage's real inputs over a stream (for --precision int8/fp8)
@@ -25,6 +26,7 @@ from rich.table import Table
 from . import __version__
 from unitio.units import InputError
 
+from .build_cmds import add_build_options
 from .outputs import console, out, print_timings, read_input, write_outputs
 
 
@@ -109,13 +111,17 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--backend", default="ort", choices=["ort", "aoti", "trt"], help="engine backend (default: ort)")
     build.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                        help="aoti: compile for this machine's CPU or GPU (CUDA packages run as CUDA graphs)")
-    build.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8", "fp8"],
-                       help="engine precision (default fp32; fp16/bf16/fp8 for trt; int8/fp8 need --calibration)")
-    build.add_argument("--calibration", type=Path, help="calibration set from `streamer calibrate` (int8/fp8)")
-    build.add_argument("--algorithm", default="max", choices=["max", "smoothquant"],
-                       help="modelopt calibration algorithm for int8 (default max; fp8: max)")
+    build.add_argument("--from-onnx", type=Path, metavar="DIR",
+                       help="build the engines of an ONNX export (`streamer export`) instead of exporting here")
+    add_build_options(build)
     build.add_argument("--out", type=Path, required=True, help="engine directory to write")
     build.set_defaults(func=cmd_build)
+
+    exp = sub.add_parser("export", help="the checked ONNX of every stage + manifest, to build engines on the target GPU")
+    _add_model_args(exp)
+    add_build_options(exp)
+    exp.add_argument("--out", type=Path, required=True, help="folder to write the ONNX export to")
+    exp.set_defaults(func=cmd_export)
 
     verify = sub.add_parser("verify", help="check every engine against the torch reference")
     verify.add_argument("engines", type=Path, help="engine directory")
@@ -264,6 +270,10 @@ def cmd_build(args) -> int:
     from export.build import build
     from runtime.manifest import sha256
 
+    if args.from_onnx is not None:
+        from .build_cmds import build_from_export
+
+        return build_from_export(args)
     system = _load_system(args.preset, args.weights, args.weights_seed)
     weights = ({"file": str(args.weights.resolve()), "sha256": sha256(args.weights)} if args.weights
                else {"seed": args.weights_seed})
@@ -277,10 +287,16 @@ def cmd_build(args) -> int:
             started.append(name)
 
         manifest = build(system, args.out, args.backend, args.precision, weights, on_stage, args.device,
-                         args.calibration, args.algorithm)
+                         args.calibration, args.algorithm, args.attention, args.kv_cache)
         bar.update(task, completed=6, description="done")
     console.print(f"wrote {len(manifest['stages'])} {args.backend} engines and manifest.json to {args.out}")
     return 0
+
+
+def cmd_export(args) -> int:
+    from .build_cmds import export
+
+    return export(args, _load_system)
 
 
 def cmd_verify(args) -> int:
@@ -299,16 +315,19 @@ def cmd_inspect(args) -> int:
     from runtime.manifest import read_manifest
 
     m = read_manifest(args.engines)
+    kv = m.get("kv_cache", {}).get("dtype", "float32")
     out.print(f"preset {m['preset']['name']}, backend {m['backend']} ({m['backend_library']}), precision "
-              f"{m['precision']}, target {m['target']['device']} {m['target']['machine']}")
+              f"{m['precision']}, attention {m.get('attention', 'torch')}, KV cache {kv}, target "
+              f"{m['target']['device']} {m['target']['machine']}")
     out.print("versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))
     out.print(f"weights: {m['weights']}")
     table = Table(title="stages")
-    for col in ("stage", "file", "inputs", "outputs"):
+    for col in ("stage", "file", "precision", "attention", "inputs", "outputs"):
         table.add_column(col)
     for stage, info in m["stages"].items():
         fmt = lambda ts: "\n".join(f"{t['name']} {t['dtype']} {t['shape']}" for t in ts)
-        table.add_row(stage, info["file"], fmt(info["inputs"]), fmt(info["outputs"]))
+        table.add_row(stage, info["file"], info.get("precision", m["precision"]), info.get("attention") or "-",
+                      fmt(info["inputs"]), fmt(info["outputs"]))
     out.print(table)
     files = Table(title="files")
     files.add_column("file")

@@ -48,3 +48,31 @@ def torch_parts(system, modules: dict[str, torch.nn.Module] | None = None,
                            for name, e in engines.items()}}
     initial = {s.name: {k: v.detach().numpy().copy() for k, v in s.initial_state.items()} for s in specs if s.initial_state}
     return manifest, engines, initial
+
+
+def torch_device_parts(system, device: str = "cuda") -> tuple[dict, dict, dict]:
+    """(manifest-like dict, {stage: TorchDeviceEngine}, initial state) for `DeviceSession(engines=...)`:
+    the stage modules of `system` (already on `device`, in its build's dtype and attention) run in this
+    process on the device path, e.g. bench/gpu_check.py's base session without an engine build."""
+    from runtime.device import Device
+    from runtime.device_engines import TorchDeviceEngine
+
+    dev = Device(device)
+    stages, engines, initial = {}, {}, {}
+    for spec in make_stages(system, device=dev.torch):
+        with torch.no_grad():
+            outs = spec.module(*spec.example_inputs.values())
+        inputs = [_spec(n, x) for n, x in spec.example_inputs.items()]
+        outputs = [_spec(n, y) for n, y in zip(spec.output_names, outs)]
+        engines[spec.name] = TorchDeviceEngine(spec.name, inputs, outputs, dev, spec.module)
+        stages[spec.name] = {"inputs": [t.to_json() for t in inputs], "outputs": [t.to_json() for t in outputs],
+                             "attention": spec.attention}
+        if spec.initial_state:
+            initial[spec.name] = dict(spec.initial_state)
+    scales = system.model.backbone.kv_cache_scales
+    if scales is not None:
+        initial["kv_cache"] = {"k_scale": scales[0], "v_scale": scales[1]}
+    manifest = {"preset": {"name": system.preset.name, "json": system.preset.to_json()}, "stages": stages,
+                "backend": "torch", "target": {"device": dev.torch.type},
+                "precision": str(system.model.dtype).removeprefix("torch.")}
+    return manifest, engines, initial

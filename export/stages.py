@@ -115,29 +115,31 @@ def cache_dtype(system: AVSystem) -> torch.dtype:
     return torch.float8_e4m3fn if system.model.backbone.kv_cache_scales is not None else system.model.dtype
 
 
-def make_stages(system: AVSystem, batch: int = 1) -> list[StageSpec]:
-    """All six stages of `system` with example inputs (seeded, valid) for `batch` streams."""
+def make_stages(system: AVSystem, batch: int = 1, device: str | torch.device = "cpu") -> list[StageSpec]:
+    """All six stages of `system` with example inputs (seeded, valid) for `batch` streams, made on
+    `device` (where the system is: a base-sized example cache is gigabytes, made on the GPU in a blink)."""
     p = system.preset
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device).manual_seed(0)
     a, h, w = p.audio_frames_per_unit, p.latent_height, p.latent_width
     av, vv = system.audio_vae, system.video_vae
     act = system.model.dtype  # the transformer stages' activations
-    cache = init_cache(p, batch, dtype=cache_dtype(system))
-    k, v = (torch.randn(cache.k.shape, generator=g).to(cache.k.dtype) for _ in range(2))
-    cache_len = torch.full((batch,), 3 * p.tokens_per_unit, dtype=torch.int64)
-    unit_index = torch.full((batch,), 3, dtype=torch.int64)
-    za, zv = torch.randn(batch, a, p.audio_z, generator=g), torch.randn(batch, p.video_z, h, w, generator=g)
-    thinker = {"text_in": torch.randint(0, p.vocab_size, (batch, p.text_in_tokens), generator=g),
+    cache = init_cache(p, batch, dtype=cache_dtype(system), device=device)
+    k, v = (torch.randn(cache.k.shape, generator=g, device=device).to(cache.k.dtype) for _ in range(2))
+    cache_len = torch.full((batch,), 3 * p.tokens_per_unit, dtype=torch.int64, device=device)
+    unit_index = torch.full((batch,), 3, dtype=torch.int64, device=device)
+    za = torch.randn(batch, a, p.audio_z, generator=g, device=device)
+    zv = torch.randn(batch, p.video_z, h, w, generator=g, device=device)
+    thinker = {"text_in": torch.randint(0, p.vocab_size, (batch, p.text_in_tokens), generator=g, device=device),
                "video_in": zv.to(act), "audio_in": za.to(act), "audio_prev": za.flip(1).to(act),
                "video_prev": zv.flip(1).to(act), "cache_k": k, "cache_v": v, "cache_len": cache_len,
                "unit_index": unit_index}
-    flow = {"noisy_audio": torch.randn(za.shape, generator=g).to(act),
-            "noisy_video": torch.randn(zv.shape, generator=g).to(act),
-            "t": torch.full((batch,), 0.25), "cache_k": k, "cache_v": v, "cache_len": cache_len,
+    flow = {"noisy_audio": torch.randn(za.shape, generator=g, device=device).to(act),
+            "noisy_video": torch.randn(zv.shape, generator=g, device=device).to(act),
+            "t": torch.full((batch,), 0.25, device=device), "cache_k": k, "cache_v": v, "cache_len": cache_len,
             "unit_index": unit_index}
     attention = system.model.backbone.layers[0].self_attn.attn_impl
-    wave = 0.3 * torch.randn(batch, p.samples_per_unit, generator=g)
-    frames = torch.rand(batch, 3, p.frames_per_unit, p.frame_height, p.frame_width, generator=g) * 2 - 1
+    wave = 0.3 * torch.randn(batch, p.samples_per_unit, generator=g, device=device)
+    frames = torch.rand(batch, 3, p.frames_per_unit, p.frame_height, p.frame_width, generator=g, device=device) * 2 - 1
     with torch.no_grad():
         specs = [
             _codec("audio_enc", av.encode_step, "wave", wave, "z", av.init_encoder_state(batch)),

@@ -1,8 +1,9 @@
 """`streamer bench` / `streamer profile`: run a session on engines as fast as it goes and measure it.
 
-Per mode: per-unit time (between successive units done; p50/p90/p99), model-side latency (unit k's
-input handed in -> unit k's output out), real-time factor, throughput, peak memory of each process,
-and the spans of both workers (for the timeline PNG and the Chrome/Perfetto trace).
+Per mode or placement: per-unit time (between successive units done; p50/p90/p99), model-side latency
+(unit k's input handed in -> unit k's output out), real-time factor, throughput, peak memory of each
+process (and of the GPU), bytes per unit over the bus by direction (the transfer ledger), and the
+spans of both workers (for the timeline PNG and the Chrome/Perfetto trace).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from unitio.timing import percentiles
 
-from .session import EngineSession, UnitOutput
+from .session import UnitOutput
 
 
 def rss_bytes(pid: int | str = "self", field: str = "VmHWM") -> int | None:
@@ -37,11 +38,18 @@ def reset_peak_rss() -> bool:
 
 
 def bench_mode(directory: str | Path, mode: str, units: list[tuple[np.ndarray, np.ndarray]], seed: int = 0,
-               threads: int | None = 1, warmup: int = 2, nvtx: bool = False) -> dict:
-    """Stream `units` through a fresh session in `mode`; the first `warmup` units are not counted.
-    Returns the metrics, the spans and the outputs (tokens, audio) for comparing modes."""
+               threads: int | None = 1, warmup: int = 2, nvtx: bool = False, device: str | None = None,
+               performer_device: str | None = None) -> dict:
+    """Stream `units` through a fresh session of kind `mode` (a host-path mode or a device placement,
+    runtime/open_session.py); the first `warmup` units are not counted. Returns the metrics, the bytes
+    per unit and direction, the spans and the outputs (tokens, audio) for comparing modes."""
+    from .manifest import read_manifest
+    from .open_session import open_session
+
     peak_reset = reset_peak_rss()
-    with EngineSession(directory, seed=seed, threads=threads, mode=mode, nvtx=nvtx) as session:
+    manifest = read_manifest(directory)
+    with open_session(directory, mode, manifest, seed=seed, threads=threads, nvtx=nvtx, device=device,
+                      performer_device=performer_device) as session:
         unit_ms = session.spec.unit_ms
         done, latency, tokens, audio = [], [], [], []
         handed_in: dict[int, float] = {}
@@ -60,16 +68,48 @@ def bench_mode(directory: str | Path, mode: str, units: list[tuple[np.ndarray, n
             tokens.append(r.text_tokens)
             done.append(time.perf_counter())
         emitted(session.flush())
-        performer_peak = (rss_bytes(session.performer.process.pid) if mode == "pipelined" else None)
+        process = getattr(session.performer, "process", None)
+        performer_peak = rss_bytes(process.pid) if process is not None else None
         spans = session.log.spans()
+        bytes_per_unit = _bytes_per_unit(session, mode, warmup, len(units))
+        extra = _device_facts(session)
     cycle = np.diff(done[warmup:]) * 1000.0
     counted = len(units) - warmup
     wall = done[-1] - done[warmup - 1] if warmup else done[-1] - handed_in[0]
     return {"mode": mode, "units": counted, "unit_ms": percentiles(cycle.tolist()),
             "latency_ms": percentiles(latency), "rtf": float(cycle.mean() / unit_ms),
             "units_per_s": counted / wall, "thinker_peak_rss": rss_bytes() if peak_reset else None,
-            "performer_peak_rss": performer_peak, "spans": spans,
+            "performer_peak_rss": performer_peak, "bytes_per_unit": bytes_per_unit, **extra, "spans": spans,
             "tokens": np.stack(tokens), "audio": np.concatenate(audio)}
+
+
+def _bytes_per_unit(session, mode: str, warmup: int, n_units: int) -> dict[str, float]:
+    """Bytes per unit and direction over the counted units: the device path's ledger; on the host path
+    nothing crosses a bus (pipelined: the delta and y_k cross processes through shared memory)."""
+    ledger = getattr(session, "ledger", None)
+    if ledger is not None:
+        rows = list(ledger.units)[warmup:n_units]  # the steps of the counted units (not the flush)
+        return {d: float(np.mean([r[d] for r in rows])) for d in ("h2d", "d2h", "d2d")}
+    from .spec import delta_nbytes
+
+    s = session.spec
+    crossing = delta_nbytes(s) + 4 * int(np.prod(s.audio_latent_shape) + np.prod(s.video_latent_shape))
+    return {"h2d": 0.0, "d2h": 0.0, "d2d": float(crossing if mode == "pipelined" else 0)}
+
+
+def _device_facts(session) -> dict:
+    """Device-path facts for the report: devices, CUDA graphs, peak GPU memory, placement notes."""
+    if not hasattr(session, "ledger"):
+        return {}
+    facts = {"device": str(session.device), "cuda_graphs": bool(session.graphs),
+             "notes": list(getattr(session.performer, "notes", []))}
+    if session.device.cuda:
+        import torch
+
+        torch.cuda.synchronize(session.device.torch)
+        facts["gpu_peak_bytes"] = int(torch.cuda.max_memory_allocated(session.device.torch))
+        facts["gpu"] = torch.cuda.get_device_name(session.device.torch)
+    return facts
 
 
 def timeline_png(results: list[dict], path: str | Path, last_units: int = 6) -> None:

@@ -3,9 +3,10 @@
 An Engine has `inputs` / `outputs` (TensorSpec lists from the manifest) and `run({name: array}) ->
 {name: array}`; feeds are checked against the spec first (names, shapes, dtypes), so a wrong input
 fails with a message naming expected and received, not inside the backend.
-Backends: "ort" (onnxruntime), "aoti" (AOTInductor packages: torch, no model_src) and "trt"
-(TensorRT, with torch for CUDA buffers), each imported only when such an engine is loaded; this module
-imports neither torch nor model_src itself.
+This is the host path (numpy in and out, CPU engines): "ort" (onnxruntime) and "aoti" (CPU
+AOTInductor packages: torch, no model_src), each imported only when such an engine is loaded; this
+module imports neither torch nor model_src itself. Engines for a GPU (trt, aoti --device cuda) run on
+the device path (runtime/device_engines.py), bound once to device-resident buffers.
 """
 from __future__ import annotations
 
@@ -55,45 +56,7 @@ class AotiEngine(Engine):
         return {t.name: o.numpy() for t, o in zip(self.outputs, outs)}
 
 
-class TrtEngine(Engine):
-    """A serialized TensorRT engine, run on one CUDA stream with torch tensors as device buffers."""
-
-    backend = "trt"
-
-    def __init__(self, stage: str, path: Path, inputs, outputs) -> None:
-        import tensorrt as trt
-        import torch
-
-        from kernels.tensorrt_plugin import register
-
-        super().__init__(stage, inputs, outputs)
-        register()  # the attention plugin, if the graph holds it
-        self._torch = torch
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
-        if self.engine is None:
-            raise ManifestError(f"{path}: TensorRT could not deserialize this engine (other TensorRT or GPU?)")
-        self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
-        self.buffers = {t.name: torch.empty(t.shape, dtype=getattr(torch, t.dtype), device="cuda")
-                        for t in inputs + outputs}
-        for name, buf in self.buffers.items():
-            self.context.set_tensor_address(name, buf.data_ptr())
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.check(feeds)
-        torch = self._torch
-        with torch.cuda.stream(self.stream):
-            for t in self.inputs:
-                self.buffers[t.name].copy_(torch.from_numpy(np.ascontiguousarray(feeds[t.name])), non_blocking=True)
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError(f"{self.stage}: TensorRT execution failed")
-            outs = {t.name: self.buffers[t.name].cpu() for t in self.outputs}
-        self.stream.synchronize()
-        return {k: v.numpy() for k, v in outs.items()}
-
-
-ENGINE_TYPES = {"ort": OrtEngine, "aoti": AotiEngine, "trt": TrtEngine}
+ENGINE_TYPES = {"ort": OrtEngine, "aoti": AotiEngine}  # the host path; GPU engines: device_engines.py
 
 
 def installed_versions() -> dict[str, str | None]:
@@ -115,14 +78,14 @@ def load_engines(directory: str | Path, expect_preset: str | None = None, thread
     its manifest. `threads`: CPU threads per ONNX Runtime engine (default: onnxruntime's choice)."""
     directory = Path(directory)
     manifest = read_manifest(directory, expect_preset, installed_versions())
+    if manifest["target"]["device"] == "cuda":
+        raise ManifestError(f"{directory} holds {manifest['backend']} engines for a CUDA GPU: they run on the device "
+                            f"path, with the cache and codec states resident there (runtime/device_session.py, "
+                            f"`--placement one-gpu`), not on this host path")
     kind = ENGINE_TYPES.get(manifest["backend"])
     if kind is None:
         raise ManifestError(f"{directory}: backend {manifest['backend']!r} cannot be loaded by this runtime; "
-                            f"it loads {sorted(ENGINE_TYPES)}")
-    if kind is AotiEngine and manifest["target"]["device"] == "cuda":
-        from .cuda_graphs import CudaGraphAotiEngine
-
-        kind = CudaGraphAotiEngine  # fixed shapes: each stage captured once as a CUDA graph, replayed per unit
+                            f"it loads {sorted(ENGINE_TYPES)} on the host path")
     engines = {}
     for stage, info in manifest["stages"].items():
         if stages is not None and stage not in stages:

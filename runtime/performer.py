@@ -4,9 +4,10 @@ Two forms behind one interface (`submit(k, k_delta, v_delta)`, `result(k) -> (y_
 
 - `LocalPerformer`: in the thinker's process, solving inside `submit` (the sequential reference).
 - `PerformerProcess`: a second process (`python -m runtime.performer`); tensors travel through a
-  double-buffered shared-memory block (`SharedSlots`, page-locked on a GPU), the pipe carries only
+  double-buffered shared-memory block (`SharedSlots`), the pipe carries only
   8-byte messages (op, unit). Death is noticed at once (EOF on the pipe), a hang after
-  `timeout_s`; either raises `PerformerError`, and the process is stopped and reaped.
+  `timeout_s` (start-up included); either raises `PerformerError`, and the process is stopped and
+  reaped. The process never imports from the working directory (runtime/child.py).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from .child import start_child
 from .kv_cache import KVBuffers
 from .solver import FlowSolver
 from .spec import exchange_layout
@@ -32,6 +34,7 @@ from .trace import SpanLog
 from .transport import SharedSlots
 
 UNIT, STOP, READY, RESULT, ERROR = 1, 2, 3, 4, 5
+START_TIMEOUT_S = 120.0  # loading engines; a given `timeout_s` bounds start-up too, at 10x
 MESSAGE = struct.Struct("<iq")  # (op, unit or milliseconds)
 
 
@@ -68,30 +71,27 @@ class PerformerProcess:
     """The thinker's handle on a performer process for the engines in `directory`."""
 
     def __init__(self, directory: str | Path, spec: SimpleNamespace, seed: int, log: SpanLog,
-                 threads: int | None = 1, core: int | None = None, device: int | None = None,
-                 timeout_s: float | None = None, pin: bool = False) -> None:
+                 threads: int | None = 1, core: int | None = None, timeout_s: float | None = None) -> None:
         self.log = log
         self.slots = SharedSlots.create(exchange_layout(spec), n_slots=2)
-        if pin:  # CUDA engines: page-locked, so the copies to and from the GPU are async DMA
-            self.slots.pin_for_cuda()
+        config = {"directory": str(Path(directory).resolve()), "shm": self.slots.name, "seed": seed,
+                  "threads": threads, "core": core}
+        warm_ms = self._start("runtime.performer", config, timeout_s)
+        # a hang: no result within `timeout_s`, by default 10x a warm solve (at least 2 s)
+        self.timeout_s = timeout_s or max(2.0, 10 * spec.flow_steps * warm_ms / 1000.0)
+
+    def _start(self, module: str, config: dict, timeout_s: float | None) -> int:
+        """Start the child process and wait for its READY (within 10x `timeout_s`: loading engines takes
+        longer than a solve; START_TIMEOUT_S without one); returns the warm-up milliseconds it reports."""
         ours, theirs = socket.socketpair()
-        config = {"directory": str(directory), "shm": self.slots.name, "seed": seed, "threads": threads,
-                  "core": core, "device": device, "fd": theirs.fileno()}
-        # a fresh interpreter (not fork: the thinker's thread pools; not multiprocessing's spawn: it
-        # re-runs the caller's __main__), so the performer imports only numpy and its backend
-        root = str(Path(__file__).resolve().parent.parent)  # where `runtime` is importable from
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        self.process = subprocess.Popen([sys.executable, "-m", "runtime.performer", json.dumps(config)],
-                                        pass_fds=(theirs.fileno(),), env=env)
+        self.process = start_child(module, {**config, "fd": theirs.fileno()}, theirs.fileno())
         theirs.close()
         self.conn = Connection(ours.detach())
         try:
-            warm_ms = self._receive(READY, None, timeout_s=600.0)  # loading engines can take a while
+            return self._receive(READY, None, timeout_s=10 * timeout_s if timeout_s else START_TIMEOUT_S)
         except BaseException:
             self.close()
             raise
-        # a hang: no result within `timeout_s`, by default 10x a warm solve (at least 2 s)
-        self.timeout_s = timeout_s or max(2.0, 10 * spec.flow_steps * warm_ms / 1000.0)
 
     def submit(self, unit_index: int, k_delta: np.ndarray, v_delta: np.ndarray) -> None:
         """Copy unit k's delta into its slot and tell the performer (returns at once)."""
@@ -129,6 +129,7 @@ class PerformerProcess:
                 except (EOFError, OSError):
                     raise self._failed(f"performer process died (exit code {self._exit_code()})") from None
                 op, value = MESSAGE.unpack(raw[:MESSAGE.size])
+                self._last_payload = raw[MESSAGE.size:]  # what a message carries after its header
                 if op == ERROR:
                     raise self._failed("performer failed:\n" + raw[MESSAGE.size:].decode(errors="replace"))
                 if op != want_op or (unit_index is not None and value != unit_index):
@@ -167,11 +168,9 @@ class PerformerProcess:
 
 
 def performer_main(directory: str, shm_name: str, conn: Connection, seed: int, threads: int | None,
-                   core: int | None, device: int | None) -> None:
+                   core: int | None) -> None:
     """The performer process: load flow_step, then per UNIT message append + solve + answer RESULT."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the thinker, which stops us
-    if device is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
     if core is not None:
         os.sched_setaffinity(0, {core})
     slots = None
@@ -182,8 +181,6 @@ def performer_main(directory: str, shm_name: str, conn: Connection, seed: int, t
         manifest, engines = load_engines(directory, threads=threads, stages=["flow_step"])
         spec = unit_spec(manifest)
         slots = SharedSlots.attach(shm_name, exchange_layout(spec), n_slots=2)
-        if manifest["target"]["device"] == "cuda":
-            slots.pin_for_cuda()
         cache = KVBuffers(spec)
         solver = FlowSolver(engines["flow_step"], spec, seed)
         conn.send_bytes(MESSAGE.pack(READY, int(np.ceil(solver.warm_up(cache)))))
@@ -215,4 +212,4 @@ def performer_main(directory: str, shm_name: str, conn: Connection, seed: int, t
 if __name__ == "__main__":  # started by PerformerProcess with its JSON config
     cfg = json.loads(sys.argv[1])
     performer_main(cfg["directory"], cfg["shm"], Connection(cfg["fd"]), cfg["seed"], cfg["threads"],
-                   cfg["core"], cfg["device"])
+                   cfg["core"])

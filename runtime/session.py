@@ -29,6 +29,7 @@ from unitio.units import (
     check_text_unit,
 )
 
+from .child import claim_core
 from .engines import load_engines, load_initial_state
 from .kv_cache import KVBuffers
 from .performer import LocalPerformer, PerformerProcess
@@ -38,6 +39,15 @@ from .thinker import Thinker
 from .trace import SpanLog
 
 MODES = ("sequential", "pipelined")
+
+
+def check_worker_options(threads: int | None, timeout_s: float | None) -> None:
+    """Refuse thread counts outside 1..cores and timeouts that are not positive and finite."""
+    cores = len(os.sched_getaffinity(0))
+    if threads is not None and not 1 <= threads <= cores:
+        raise ValueError(f"threads: expected 1 to {cores} (the cores this process may use), got {threads}")
+    if timeout_s is not None and not 0 < timeout_s < float("inf"):
+        raise ValueError(f"performer timeout: expected a positive, finite number of seconds, got {timeout_s}")
 
 
 @dataclass
@@ -54,14 +64,16 @@ class EngineSession:
     (or call `close`) so a pipelined session's performer process is stopped.
 
     threads: CPU threads per engine (ORT); performer_core: CPU core the performer is pinned to (default:
-    the last one, when threads == 1); performer_gpu: CUDA device the performer process sees (default:
-    the same as the thinker's); performer_timeout_s: seconds without a result before it counts as hung."""
+    a core no other session holds, when threads == 1); performer_timeout_s: seconds without a result
+    before it counts as hung (10x that for start-up). CPU engines only: GPU engines run on the device
+    path (runtime/device_session.py)."""
 
     def __init__(self, directory: str | Path, seed: int = 0, expect_preset: str | None = None,
                  threads: int | None = None, mode: str = "sequential", performer_timeout_s: float | None = None,
-                 performer_core: int | None = None, performer_gpu: int | None = None, nvtx: bool = False) -> None:
+                 performer_core: int | None = None, nvtx: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        check_worker_options(threads, performer_timeout_s)
         thinker_stages = ["audio_enc", "video_enc", "thinker_step", "audio_dec", "video_dec"]
         stages = thinker_stages + (["flow_step"] if mode == "sequential" else [])
         manifest, engines = load_engines(directory, expect_preset, threads, stages=stages)
@@ -71,10 +83,10 @@ class EngineSession:
             self.performer = LocalPerformer(FlowSolver(engines["flow_step"], self.spec, seed), self.cache, self.log)
         else:
             if performer_core is None and threads == 1 and len(os.sched_getaffinity(0)) >= 2:
-                performer_core = max(os.sched_getaffinity(0))
+                self._core = claim_core()  # a core no other live session's performer has
+                performer_core = self._core.core
             self.performer = PerformerProcess(directory, self.spec, seed, self.log, threads, performer_core,
-                                              device=performer_gpu, timeout_s=performer_timeout_s,
-                                              pin=manifest["target"]["device"] == "cuda")
+                                              timeout_s=performer_timeout_s)
 
     @classmethod
     def in_process(cls, manifest: dict, engines: dict, initial_state: dict, seed: int = 0) -> "EngineSession":
@@ -140,6 +152,8 @@ class EngineSession:
 
     def close(self) -> None:
         self.performer.close()
+        if getattr(self, "_core", None) is not None:
+            self._core.release()
 
     def _receive(self, k: int) -> None:
         if k < 0 or self.received >= k:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .manifest import stage_io
+from .manifest import ManifestError, stage_io
 
 
 def unit_spec(manifest: dict) -> SimpleNamespace:
@@ -18,9 +18,16 @@ def unit_spec(manifest: dict) -> SimpleNamespace:
     s.unit_ms = 1000.0 * s.frames_per_unit / s.fps
     thinker_in = {t.name: t for t in stage_io(manifest, "thinker_step")[0]}
     thinker_out = {t.name: t for t in stage_io(manifest, "thinker_step")[1]}
-    s.cache_shape = thinker_in["cache_k"].shape
-    s.cache_dtype = thinker_in["cache_k"].dtype
+    cache = thinker_in.get("cache_k") or thinker_in.get("cache_k_0")  # stacked, or one input per layer (FP8)
+    if (cache is None or not {"audio_prev", "video_prev"} <= set(thinker_in) or "k_delta" not in thinker_out
+            or len(thinker_out["k_delta"].shape) < 4):
+        raise ManifestError(f"manifest of preset {s.name!r}: thinker_step: expected inputs cache_k, audio_prev, "
+                            f"video_prev and a k_delta output of 4+ dimensions, got inputs {sorted(thinker_in)[:8]} "
+                            f"and outputs {sorted(thinker_out)[:8]}")
+    s.cache_shape = cache.shape if "cache_k" in thinker_in else (thinker_out["k_delta"].shape[0], *cache.shape)
+    s.cache_dtype = cache.dtype
     s.delta_shape = thinker_out["k_delta"].shape
+    s.delta_dtype = thinker_out["k_delta"].dtype
     s.audio_latent_shape = thinker_in["audio_prev"].shape
     s.video_latent_shape = thinker_in["video_prev"].shape
     s.unit_tokens = s.delta_shape[3]
@@ -35,6 +42,9 @@ def exchange_layout(spec: SimpleNamespace) -> dict[str, tuple[tuple[int, ...], s
             "spans": ((4,), "float64")}
 
 
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "int64": 8, "uint8": 1}
+
+
 def delta_nbytes(spec: SimpleNamespace) -> int:
-    """Bytes of one unit's KV delta (keys + values)."""
-    return 2 * int(np.prod(spec.delta_shape)) * np.dtype(spec.cache_dtype).itemsize
+    """Bytes of one unit's KV delta (keys + values) as the cache stores it."""
+    return 2 * int(np.prod(spec.delta_shape)) * ITEMSIZE[spec.cache_dtype]

@@ -6,8 +6,8 @@ move between the thinker and performer processes without pickling or allocating 
     twin = SharedSlots.attach(slots.name, layout, 2)     # performer: the same memory
     slots.view(k % 2, "k_delta")[...] = delta            # one memcpy; the view is made once
 
-On a GPU the block can also be page-locked (`pin_for_cuda`), so host<->device copies from it are DMA
-and can be asynchronous: the pinned-host path of the design, shared by both processes.
+This is the host path's transport (CPU engines). On a GPU the device path keeps the cache on the
+device and moves only the delta (runtime/device_performer.py, runtime/exchange.py).
 """
 from __future__ import annotations
 
@@ -39,7 +39,6 @@ class SharedSlots:
         offsets, self.nbytes = _offsets(layout, n_slots)
         self._views = {key: np.ndarray(layout[key[1]][0], np.dtype(layout[key[1]][1]), shm.buf, off)
                        for key, off in offsets.items()}
-        self._pinned = False
 
     @classmethod
     def create(cls, layout: Layout, n_slots: int = 2) -> SharedSlots:
@@ -68,25 +67,8 @@ class SharedSlots:
         """The array `name` of slot `slot % n_slots` (a view: writing it writes the shared memory)."""
         return self._views[slot % self.n_slots, name]
 
-    def pin_for_cuda(self) -> None:
-        """Page-lock the block for CUDA (cudaHostRegister), so copies to/from the GPU are async DMA."""
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError("pin_for_cuda: this process sees no CUDA device")
-        addr = np.frombuffer(self.shm.buf, np.uint8).ctypes.data
-        err = torch.cuda.cudart().cudaHostRegister(addr, self.nbytes, 0)
-        if int(err) != 0:
-            raise RuntimeError(f"cudaHostRegister of {self.nbytes} bytes failed (error {int(err)})")
-        self._pinned, self._addr = True, addr
-
     def close(self) -> None:
-        """Drop the views, unpin, close; the creating process also unlinks the block."""
-        if self._pinned:
-            import torch
-
-            torch.cuda.cudart().cudaHostUnregister(self._addr)
-            self._pinned = False
+        """Drop the views, close; the creating process also unlinks the block."""
         self._views.clear()
         try:
             self.shm.close()

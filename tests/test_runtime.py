@@ -153,7 +153,7 @@ def test_bench_and_profile_commands(tiny_ort_engines, tmp_path, capsys):
                  "--timeline", str(png)]) == 0
     data = json.loads(summary.read_text())
     assert [m["mode"] for m in data["modes"]] == ["sequential", "pipelined"]
-    assert data["bitwise_equal"] is True and data["throughput_ratio"] > 0
+    assert data["bitwise_equal"] == {"pipelined": True} and data["throughput_ratio"]["pipelined"] > 0
     assert all(m["unit_ms"]["p50"] > 0 and m["latency_ms"]["p99"] >= m["latency_ms"]["p50"] for m in data["modes"])
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert main(["profile", "--engines", str(tiny_ort_engines), "--units", "4", "--out", str(trace)]) == 0

@@ -1,0 +1,182 @@
+"""A streaming session whose state lives on the engines' device: the GPU data path (and its CPU twin).
+
+One unit k reads top to bottom in `step`, as in runtime/session.py:
+
+    encode u_k              inputs h2d (audio, uint8 frames, text, index); encoders on the device
+    wait for y_(k-1)        the thinker's stream waits for the performer's event; y copied on the device
+    thinker_step(k)         on the resident cache; the delta appended in place (one CUDA graph)
+    submit delta_k          performer: (delta moved, two-gpu / two-process) N flow steps -> y_k, on its stream
+    decode y_(k-1)          decoders on the device; tokens, waveform, uint8 frames d2h: the only sync
+
+The KV cache and codec states are allocated once on the device and never cross the bus; every copy
+goes through the TransferLedger (`ledger.per_unit()`). Placements: one-gpu (one process, two streams,
+one cache), two-gpu (the performer on a second GPU with its own cache), two-process (a second process
+on the same GPU, delta and y_k through CUDA IPC). On device "cpu" the same code runs without streams,
+events or graphs, so CI tests it (outputs equal the sequential reference; the ledger's bytes).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unitio.units import UnitResult, check_audio_unit, check_frames_unit, check_text_unit
+
+from .device import Device, torch_dtype
+from .device_engines import load_device_engines
+from .device_performer import SharedCachePerformer, TwoDevicePerformer
+from .device_state import DeviceKVCache
+from .device_thinker import DeviceThinker
+from .engines import load_initial_state
+from .ledger import TransferLedger
+from .session import UnitOutput
+from .spec import unit_spec
+from .trace import SpanLog
+
+PLACEMENTS = ("one-gpu", "two-gpu", "two-process")
+THINKER_STAGES = ["audio_enc", "video_enc", "thinker_step", "audio_dec", "video_dec"]
+
+
+class DeviceSession:
+    """Streams one conversation through the engines of `directory` with device-resident state.
+
+    device: the thinker's device ("cuda:0", or "cpu" for the CPU twin); performer_device: the
+    performer's (two-gpu: default cuda:1); graphs: capture each phase as a CUDA graph (default: on a
+    GPU when every engine is capturable); engines: (manifest, {stage: DeviceEngine}, initial_state)
+    given directly instead of a directory (torch stage modules in process, e.g. bench/gpu_check.py)."""
+
+    def __init__(self, directory: str | Path | None = None, placement: str = "one-gpu", device: str = "cuda",
+                 performer_device: str | None = None, seed: int = 0, expect_preset: str | None = None,
+                 threads: int | None = None, graphs: bool | None = None, performer_timeout_s: float | None = None,
+                 engines: tuple[dict, dict, dict] | None = None, nvtx: bool = False) -> None:
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
+        self.placement, self.seed, self.device = placement, seed, Device(device)
+        self.ledger, self.log = TransferLedger(), SpanLog(nvtx=nvtx)
+        stages = THINKER_STAGES + (["flow_step"] if placement == "one-gpu" else [])
+        if engines is not None:
+            manifest, loaded, initial = engines
+        else:
+            from .manifest import read_manifest
+            from .engines import installed_versions
+
+            manifest = read_manifest(directory, expect_preset, installed_versions())
+            manifest, loaded = load_device_engines(directory, self.device, stages, threads, manifest)
+            initial = load_initial_state(directory, manifest)
+        self.manifest, self.spec = manifest, unit_spec(manifest)
+        s = self.spec
+        self.stream = self.device.stream()
+        self.cache = DeviceKVCache(s, self.device, initial.get("kv_cache"))
+        self.thinker = DeviceThinker(loaded, initial, s, self.device, self.ledger, self.cache, self.stream)
+        self.performer = self._performer(placement, directory, loaded, initial, performer_device, threads,
+                                         performer_timeout_s)
+        capturable = self.thinker.capturable and getattr(self.performer, "capturable", True)
+        self.graphs = self.device.cuda and capturable if graphs is None else graphs
+        if self.graphs:
+            if not capturable:
+                raise ValueError("graphs=True: an engine of this directory cannot be captured in a CUDA graph "
+                                 "(ONNX Runtime runs on its own stream)")
+            self.thinker.capture()
+            self.performer.capture()
+            torch.cuda.synchronize(self.device.torch)
+        self.cache.reset()  # the captures' warm-up runs wrote into the state: start from a fresh stream
+        self.thinker.reset()
+        if isinstance(self.performer, TwoDevicePerformer):
+            self.performer.cache.reset()
+        self.delta_ready, self.out_ready = self.device.event(), self.device.event()
+        self.unit_index, self.received, self.decoded = 0, -1, 0
+
+    def _performer(self, placement, directory, loaded, initial, performer_device, threads, timeout_s):
+        s = self.spec
+        if placement == "one-gpu":
+            return SharedCachePerformer(loaded["flow_step"], s, self.device, self.cache, self.ledger, self.seed)
+        other = Device(performer_device or ("cuda:1" if self.device.cuda else "cpu"))
+        if placement == "two-gpu":
+            _, flow = load_device_engines(directory, other, ["flow_step"], threads, self.manifest)
+            return TwoDevicePerformer(flow["flow_step"], s, self.device, other, self.stream, self.ledger, self.seed,
+                                      initial.get("kv_cache"), torch_dtype(s.delta_dtype))
+        from .device_process import ProcessDevicePerformer
+
+        return ProcessDevicePerformer(directory, s, self.seed, self.log, self.ledger, self.device, self.stream,
+                                      threads=threads, timeout_s=timeout_s)
+
+    def __enter__(self) -> "DeviceSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def step(self, audio: np.ndarray, frames: np.ndarray, text_in: np.ndarray | None = None) -> UnitResult:
+        """One unit of user input -> the model's text for unit k and the audio/frames of unit k - 1 (None
+        at k = 0, or when `decode_ready` gave them). Bad input raises InputError, state untouched."""
+        s, k, d, log = self.spec, self.unit_index, self.device, self.log
+        audio = check_audio_unit(audio, s)
+        frames = check_frames_unit(frames, s)
+        text = check_text_unit(text_in, s.text_in_tokens, s.vocab_size, s.text_pad_id)
+        started, first_span = time.perf_counter(), log.count
+        with d.use(self.stream):
+            with log("encode", k):
+                self.thinker.encode(audio, frames, text, k)
+            self._receive(k - 1)
+            with log("think", k):
+                self.thinker.think()
+                self.thinker.tokens_out()
+                d.record(self.delta_ready, self.stream)
+        self.thinker.commit()
+        with log("transfer", k):
+            self.performer.submit(k, self.thinker.think_out["k_delta"], self.thinker.think_out["v_delta"],
+                                  self.delta_ready)
+        self.unit_index = k + 1
+        media = self._decode_through(k - 1)
+        with log("wait", k):
+            d.sync(self.delta_ready)  # the tokens' copy was queued before it
+        tokens = self.thinker.host_out["tokens"].numpy()[0].copy()
+        self.ledger.unit_done()
+        timings = self.log.stage_ms(first_span)
+        timings["total"] = 1000.0 * (time.perf_counter() - started)
+        return UnitResult(k, tokens, media.audio if media else None, media.frames if media else None, timings)
+
+    def decode_ready(self) -> UnitOutput | None:
+        """If the last submitted unit's y has arrived and is not decoded yet, decode it now (live mode);
+        otherwise None, without waiting."""
+        k = self.unit_index - 1
+        if k < self.decoded or not (self.received >= k or self.performer.ready(k)):
+            return None
+        return self._decode_through(k)
+
+    def flush(self) -> UnitOutput | None:
+        """Wait for and decode the last unit's latents (None if `decode_ready` already gave them)."""
+        if self.unit_index == 0:
+            raise RuntimeError("flush() before any unit was streamed: there is nothing to decode")
+        out = self._decode_through(self.unit_index - 1)
+        self.ledger.unit_done()
+        return out
+
+    def close(self) -> None:
+        self.performer.close()
+
+    def _receive(self, k: int) -> None:
+        """y_k into the thinker's buffers, on its stream (the stream waits for the performer; the host does not)."""
+        if k < 0 or self.received >= k:
+            return
+        with self.log("wait", k):
+            y_audio, y_video, ready = self.performer.result(k)
+            self.device.wait(self.stream, ready)
+            self.thinker.receive(y_audio, y_video)
+        self.received = k
+
+    def _decode_through(self, k: int) -> UnitOutput | None:
+        if k < self.decoded:
+            return None
+        d = self.device
+        with d.use(self.stream):
+            self._receive(k)
+            with self.log("decode", k):
+                self.thinker.decode()
+                d.record(self.out_ready, self.stream)
+                d.sync(self.out_ready)
+        self.decoded = k + 1
+        host = self.thinker.host_out
+        return UnitOutput(k, host["wave"].numpy()[0].copy(), host["frames"].numpy().copy())

@@ -1,0 +1,152 @@
+"""The thinker on a device: encode u_k, thinker_step + append into the resident cache, decode y_(k-1).
+
+Every tensor is allocated once and every engine bound once (`DeviceEngine.bind`); a unit moves only
+its inputs in (audio, frames as uint8, text, unit index) and its outputs out (tokens, waveform, frames
+as uint8) through the ledger. Three phases, each one call (a CUDA graph on a GPU):
+
+    encode(parity)   frames uint8 -> [-1, 1]; audio_enc, video_enc (ping-pong states); latents cast to
+                     thinker_step's dtype
+    think            thinker_step on the cache of units < k -> tokens, delta; append the delta in place
+    decode(parity)   y_(k-1) -> audio_dec, video_dec (ping-pong states) -> frames to uint8 [F, H, W, 3]
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .device import Device, host_view, torch_dtype
+from .device_engines import DeviceEngine
+from .device_state import DeviceKVCache, PingPong
+from .ledger import TransferLedger
+
+
+def _spec_dtypes(engine: DeviceEngine) -> dict[str, torch.dtype]:
+    return {t.name: torch_dtype(t.dtype) for t in engine.inputs + engine.outputs}
+
+
+class DeviceThinker:
+    def __init__(self, engines: dict[str, DeviceEngine], initial_state: dict[str, dict[str, np.ndarray]],
+                 spec: SimpleNamespace, device: Device, ledger: TransferLedger, cache: DeviceKVCache,
+                 stream=None) -> None:
+        self.spec, self.device, self.ledger, self.cache, self.stream = spec, device, ledger, cache, stream
+        s, dev = spec, device
+        f, h, w = s.frames_per_unit, s.frame_height, s.frame_width
+        think = engines["thinker_step"]
+        t_dtypes = _spec_dtypes(think)
+        # host staging (page-locked on a GPU) and their device twins
+        self.host_in = {"audio": dev.host((1, s.samples_per_unit), torch.float32),
+                        "frames": dev.host((f, h, w, 3), torch.uint8),
+                        "text": dev.host((1, s.text_in_tokens), torch.int64), "unit": dev.host((1,), torch.int64)}
+        self.dev_in = {k: dev.empty(v.shape, v.dtype) for k, v in self.host_in.items()}
+        self.frames_model = dev.empty((1, 3, f, h, w), torch.float32)
+        self.codecs = {stage: PingPong(dev, initial_state[stage])
+                       for stage in ("audio_enc", "video_enc", "audio_dec", "video_dec")}
+        enc_out = {stage: engines[stage].allocate_outputs() for stage in ("audio_enc", "video_enc")}
+        self.za, self.zv = enc_out["audio_enc"]["z"], enc_out["video_enc"]["z"]
+        # y_(k-1): the thinker's own copy (fp32, as the solver makes it), read by thinker_step and decode
+        self.prev_audio = dev.empty(s.audio_latent_shape, torch.float32)
+        self.prev_video = dev.empty(s.video_latent_shape, torch.float32)
+        casts: list[Callable[[], None]] = []
+        feed = {"audio_in": self.za, "video_in": self.zv, "audio_prev": self.prev_audio, "video_prev": self.prev_video}
+        for name, src in list(feed.items()):  # thinker_step takes latents in its own dtype (bf16 builds)
+            if src.dtype != t_dtypes[name]:
+                feed[name] = dst = dev.empty(src.shape, t_dtypes[name])
+                casts.append(lambda dst=dst, src=src: dst.copy_(src))
+        self.think_out = think.allocate_outputs()
+        think_call = think.bind({"text_in": self.dev_in["text"], **feed, **cache.feeds([t.name for t in think.inputs]),
+                                 "unit_index": self.dev_in["unit"]}, self.think_out)
+        self._encode_calls = [self._bind_encode(engines, enc_out, parity, casts) for parity in (0, 1)]
+        self._think_call = lambda: (think_call(), cache.append(self.dev_in["unit"], self.think_out["k_delta"],
+                                                                self.think_out["v_delta"]))
+        dec_out = {stage: engines[stage].allocate_outputs() for stage in ("audio_dec", "video_dec")}
+        self.wave_out, self.video_out = dec_out["audio_dec"]["wave"], dec_out["video_dec"]["frames"]
+        self.frames_out = dev.empty((f, h, w, 3), torch.uint8)
+        self._decode_calls = [self._bind_decode(engines, dec_out, parity) for parity in (0, 1)]
+        self.host_out = {"tokens": dev.host(self.think_out["text_tokens"].shape, torch.int64),
+                         "wave": dev.host(self.wave_out.shape, torch.float32),
+                         "frames": dev.host((f, h, w, 3), torch.uint8)}
+        self.capturable = all(engines[n].capturable for n in engines if n != "flow_step")
+
+    def _bind_encode(self, engines, outs, parity: int, casts) -> Callable[[], None]:
+        calls = []
+        for stage, x_name, x in (("audio_enc", "wave", self.dev_in["audio"]), ("video_enc", "frames", self.frames_model)):
+            states, new_states = self.codecs[stage].binding(parity)
+            calls.append(engines[stage].bind({x_name: x, **states}, {**outs[stage], **new_states}))
+        u8, model = self.dev_in["frames"], self.frames_model
+
+        def call() -> None:
+            # uint8 [F, H, W, 3] -> float32 [1, 3, F, H, W] in [-1, 1], as unitio.units.frames_to_model
+            torch.sub(torch.div(u8.permute(3, 0, 1, 2)[None].float(), 127.5), 1.0, out=model)
+            for c in calls + casts:
+                c()
+        return call
+
+    def _bind_decode(self, engines, outs, parity: int) -> Callable[[], None]:
+        calls = []
+        for stage, z in (("audio_dec", self.prev_audio), ("video_dec", self.prev_video)):
+            states, new_states = self.codecs[stage].binding(parity)
+            calls.append(engines[stage].bind({"z": z, **states}, {**outs[stage], **new_states}))
+        video, frames = self.video_out, self.frames_out
+
+        def call() -> None:
+            for c in calls:
+                c()
+            # float [1, 3, F, H, W] in [-1, 1] -> uint8 [F, H, W, 3], as unitio.units.model_to_frames
+            x = torch.clamp(torch.round((video[0] + 1.0) * 127.5), 0, 255).to(torch.uint8)
+            frames.copy_(x.permute(1, 2, 3, 0))
+        return call
+
+    def capture(self) -> None:
+        """Replace each phase by its CUDA graph (warm-up runs included; call `reset` after)."""
+        d, s = self.device, self.stream
+        self._encode_calls = [d.capture(c, s) for c in self._encode_calls]
+        self._think_call = d.capture(self._think_call, s)
+        self._decode_calls = [d.capture(c, s) for c in self._decode_calls]
+
+    def reset(self) -> None:
+        """A fresh stream: codec states, y_(-1) = 0 (the cache is reset by its owner)."""
+        for codec in self.codecs.values():
+            codec.reset()
+        self.prev_audio.zero_()
+        self.prev_video.zero_()
+
+    # --- one unit, phase by phase (on the thinker's stream; the caller orders them) -------------------
+    def encode(self, audio: np.ndarray, frames: np.ndarray, text: np.ndarray, unit_index: int) -> None:
+        """Host inputs in, encoders run (their new state is written to the other set until `commit`)."""
+        host = self.host_in
+        host_view(host["audio"])[0] = audio
+        host_view(host["frames"])[...] = frames
+        host_view(host["text"])[0] = text
+        host_view(host["unit"])[0] = unit_index
+        for name in ("audio", "frames", "text", "unit"):
+            self.ledger.h2d(self.dev_in[name], host[name])
+        self._encode_calls[self.codecs["audio_enc"].parity]()
+
+    def commit(self) -> None:
+        self.codecs["audio_enc"].flip()
+        self.codecs["video_enc"].flip()
+
+    def receive(self, y_audio: torch.Tensor, y_video: torch.Tensor) -> None:
+        """y_(k-1) from the performer into the thinker's own buffers (a device copy)."""
+        self.ledger.d2d(self.prev_audio, y_audio)
+        self.ledger.d2d(self.prev_video, y_video)
+
+    def think(self) -> None:
+        """thinker_step of the encoded unit on the cache, then its delta appended (one graph)."""
+        self._think_call()
+        self.ledger.count("d2d", 2 * self.think_out["k_delta"].numel() * self.cache.k.element_size())  # the append
+
+    def tokens_out(self) -> None:
+        self.ledger.d2h(self.host_out["tokens"], self.think_out["text_tokens"])
+
+    def decode(self) -> None:
+        """y_(k-1) -> waveform and uint8 frames, copied to the host buffers (read them after a sync)."""
+        parity = self.codecs["audio_dec"].parity
+        self._decode_calls[parity]()
+        self.codecs["audio_dec"].flip()
+        self.codecs["video_dec"].flip()
+        self.ledger.d2h(self.host_out["wave"], self.wave_out)
+        self.ledger.d2h(self.host_out["frames"], self.frames_out)

@@ -1,0 +1,154 @@
+"""The device path (state resident on the device) run on the CPU: its outputs equal the sequential
+reference bitwise in every placement, and the transfer ledger counts exactly a unit's inputs, KV delta,
+y_k and outputs, never the cache or a codec state."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import report
+from runtime.device_session import DeviceSession
+from runtime.manifest import ManifestError
+from runtime.open_session import open_session
+from runtime.session import EngineSession
+from streamer.cli import main
+from unitio.media import split_units, synthetic_input
+from unitio.units import InputError
+
+PLACEMENTS = ["one-gpu", "two-gpu", "two-process"]
+
+
+def _units(spec, n, seed=0):
+    audio, frames = synthetic_input(spec, n, seed)
+    return split_units(audio, frames, spec, n)
+
+
+def _stream(session, units):
+    text = lambda k: np.full(session.spec.text_in_tokens, k % 5 + 1)  # noqa: E731
+    results = [session.step(a, f, text_in=text(k)) for k, (a, f) in enumerate(units)]
+    return results, session.flush()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_ort_engines):
+    with EngineSession(tiny_ort_engines, seed=7, threads=1, mode="sequential") as session:
+        units = _units(session.spec, 10)
+        return units, *_stream(session, units)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_device_path_equals_the_sequential_reference_bitwise(tiny_ort_engines, reference, placement):
+    units, want, want_last = reference
+    with DeviceSession(tiny_ort_engines, placement=placement, device="cpu", seed=7, threads=1) as session:
+        got, got_last = _stream(session, units)
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(a.text_tokens, b.text_tokens)
+        if a.audio is None:
+            assert b.audio is None
+        else:
+            np.testing.assert_array_equal(a.audio, b.audio)
+            np.testing.assert_array_equal(a.frames, b.frames)
+    np.testing.assert_array_equal(want_last.audio, got_last.audio)
+    np.testing.assert_array_equal(want_last.frames, got_last.frames)
+    report(f"device path ({placement}, on cpu) == sequential reference bitwise over {len(units)} tiny units")
+
+
+def _expected_bytes(spec, placement: str) -> dict[str, int]:
+    """A unit's traffic from the spec alone: inputs, seed noise and unit indices in; tokens, waveform and
+    uint8 frames out; the delta appended (and moved between workers) and y_k handed to the thinker."""
+    f32, i64 = 4, 8
+    frames = spec.frames_per_unit * spec.frame_height * spec.frame_width * 3
+    inputs = spec.samples_per_unit * f32 + frames + spec.text_in_tokens * i64 + i64
+    y = f32 * (int(np.prod(spec.audio_latent_shape)) + int(np.prod(spec.video_latent_shape)))
+    noise = y + i64  # the performer's seed noise and unit index
+    outputs = spec.text_out_tokens * i64 + spec.samples_per_unit * f32 + frames
+    delta = 2 * int(np.prod(spec.delta_shape)) * f32  # keys + values (fp32 engines)
+    if placement == "one-gpu":  # one cache: the thinker's append; y_k copied on the device
+        return {"h2d": inputs + noise, "d2h": outputs, "d2d": delta + y}
+    if placement == "two-gpu":  # no peer access on a CPU: the delta and y_k cross through host slots
+        return {"h2d": inputs + noise + delta + y, "d2h": outputs + delta + y, "d2d": 2 * delta + y}
+    # two-process: the thinker's append, the delta into the IPC slot, the performer's append; y_k into the slot
+    # and out of it
+    return {"h2d": inputs + noise, "d2h": outputs, "d2d": 3 * delta + 2 * y}
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_the_ledger_counts_a_units_io_and_never_the_state(tiny_ort_engines, reference, placement):
+    units = reference[0][:6]
+    with DeviceSession(tiny_ort_engines, placement=placement, device="cpu", seed=7, threads=1) as session:
+        _stream(session, units)
+        rows = list(session.ledger.units)
+        spec, cache_bytes = session.spec, session.cache.nbytes()
+        state_bytes = min(t.numel() * t.element_size() for c in session.thinker.codecs.values()
+                          for t in c.sets[0].values())
+    want = _expected_bytes(spec, placement)
+    steady = rows[2:len(units)]  # every step after the first two (the two-process report arrives a unit late)
+    for row in steady:
+        assert row == want, (placement, row, want)
+    assert max(max(r.values()) for r in rows) < cache_bytes  # the cache never crosses
+    report(f"ledger ({placement}): {want} bytes per unit; cache {cache_bytes} B and codec states stay put "
+           f"(smallest state tensor {state_bytes} B)")
+
+
+def test_host_path_refuses_gpu_engines_and_placements_check_their_options(tiny_ort_engines):
+    with pytest.raises(ManifestError, match="engines for a CUDA GPU"):
+        open_session(tiny_ort_engines, "sequential", {"target": {"device": "cuda"}})
+    with pytest.raises(ValueError, match="placement: expected one of"):
+        DeviceSession(tiny_ort_engines, placement="three-gpu", device="cpu")
+    with pytest.raises(ValueError, match="threads: expected 1 to"):
+        open_session(tiny_ort_engines, "one-gpu", {"target": {"device": "cpu"}}, threads=10_000)
+
+
+def test_bad_input_leaves_the_device_session_as_it_was(tiny_ort_engines, reference):
+    units, want, _ = reference
+    with DeviceSession(tiny_ort_engines, device="cpu", seed=7, threads=1) as session:
+        text = lambda k: np.full(session.spec.text_in_tokens, k % 5 + 1)  # noqa: E731
+        got = [session.step(*units[0], text_in=text(0))]
+        with pytest.raises(InputError, match="expected 3840 samples"):
+            session.step(units[1][0][:100], units[1][1])
+        got += [session.step(a, f, text_in=text(k)) for k, (a, f) in enumerate(units[1:4], start=1)]
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(a.text_tokens, b.text_tokens)
+        if a.audio is not None:
+            np.testing.assert_array_equal(a.audio, b.audio)
+
+
+def test_fp8_append_quantizes_like_the_reference(tiny):
+    """DeviceKVCache's FP8 append (slot computed on the device) == model_src's append_unit, bytewise."""
+    from types import SimpleNamespace
+
+    from model_src.kv_cache import append_unit, init_cache
+    from runtime.device import Device
+    from runtime.device_state import DeviceKVCache
+
+    g = torch.Generator().manual_seed(0)
+    shape = (tiny.n_layers, 1, tiny.n_kv_heads, tiny.cache_capacity, tiny.head_dim)
+    delta_shape = shape[:3] + (tiny.tokens_per_unit, tiny.head_dim)
+    spec = SimpleNamespace(cache_shape=shape, cache_dtype="float8_e4m3fn", delta_shape=delta_shape,
+                           unit_tokens=tiny.tokens_per_unit, sink_units=tiny.sink_units, window_units=tiny.window_units)
+    scales = {"k_scale": np.full((tiny.n_layers, tiny.n_kv_heads), 0.01, np.float32),
+              "v_scale": np.linspace(0.005, 0.02, tiny.n_layers * tiny.n_kv_heads, dtype=np.float32).reshape(2, -1)}
+    device_cache = DeviceKVCache(spec, Device("cpu"), scales)
+    ref = init_cache(tiny, 1, dtype=torch.float8_e4m3fn)
+    stacked = torch.stack([torch.from_numpy(scales["k_scale"]), torch.from_numpy(scales["v_scale"])])
+    for k in (0, 1, tiny.cache_units + 3):  # a sink slot, a window slot, a slot reused by the ring
+        kd, vd = (torch.randn(delta_shape, generator=g) * 3 for _ in range(2))
+        device_cache.append(torch.tensor([k]), kd, vd)
+        append_unit(tiny, ref, kd, vd, k, stacked)
+    assert torch.equal(device_cache.k.view(torch.uint8), ref.k.view(torch.uint8))
+    assert torch.equal(device_cache.v.view(torch.uint8), ref.v.view(torch.uint8))
+    assert torch.equal(device_cache.length, ref.length)
+
+
+def test_bench_reports_bytes_per_unit_for_every_mode(tiny_ort_engines, tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--engines", str(tiny_ort_engines), "--units", "3", "--warmup", "1",
+                 "--modes", "sequential,one-gpu", "--device", "cpu", "--json", str(path)]) == 0
+    summary = json.loads(path.read_text())
+    modes = {m["mode"]: m for m in summary["modes"]}
+    assert set(modes) == {"sequential", "one-gpu"}
+    assert modes["sequential"]["bytes_per_unit"] == {"h2d": 0.0, "d2h": 0.0, "d2d": 0.0}
+    assert modes["one-gpu"]["bytes_per_unit"]["h2d"] > 0 and modes["one-gpu"]["cuda_graphs"] is False
+    assert summary["bitwise_equal"] == {"one-gpu": True}
+    assert "h2d / unit" in capsys.readouterr().out

@@ -14,7 +14,7 @@ from runtime.manifest import TensorSpec
 from .stages import StageSpec
 
 OPS_FILE = Path(__file__).with_name("tensorrt_onnx_ops.txt")
-PLUGIN_OPS = {"streamer": {"BlockAttention", "BlockAttentionFP8"}}  # kernels/tensorrt_plugin.py
+PLUGIN_OPS = {"streamer": {"BlockAttentionPartial", "BlockAttentionPartialFP8", "BlockAttentionCombine"}}  # kernels/onnx.py
 
 
 class ExportCheckError(RuntimeError):

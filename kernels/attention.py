@@ -23,12 +23,41 @@ import triton.language as tl
 
 
 @triton.jit
-def _partial_kernel(Q, KC, VC, KL, VL, CACHE_LEN, KSCALE, VSCALE, OP, LSEP,
+def _partial_kernel(Q, KC, VC, CACHE_LEN, KL, VL,
                     s_qb, s_qh, s_qm, s_kcb, s_kch, s_kcn, s_vcb, s_vch, s_vcn,
                     s_klb, s_klh, s_kln, s_vlb, s_vlh, s_vln, s_ob, s_oh, s_om, s_os, s_lb, s_lh, s_lm,
-                    n_kv_heads, n_q, n_local, chunk, sm_scale,
-                    GROUP: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    N_SPLITS: tl.constexpr, CAUSAL_TAIL: tl.constexpr, FP8: tl.constexpr):
+                    n_kv_heads, n_q, n_local, chunk, OP, LSEP,
+                    SM_SCALE: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, N_SPLITS: tl.constexpr, CAUSAL_TAIL: tl.constexpr):
+    """A float cache. Parameters in the order a TensorRT AOT plugin launches a kernel: inputs, int32
+    scalars, outputs (then constexprs, compiled in)."""
+    _partial_body(Q, KC, VC, CACHE_LEN, KL, VL, Q, Q, s_qb, s_qh, s_qm, s_kcb, s_kch, s_kcn, s_vcb, s_vch, s_vcn,
+                  s_klb, s_klh, s_kln, s_vlb, s_vlh, s_vln, s_ob, s_oh, s_om, s_os, s_lb, s_lh, s_lm,
+                  n_kv_heads, n_q, n_local, chunk, OP, LSEP,
+                  SM_SCALE, GROUP, D, BLOCK_M, BLOCK_N, N_SPLITS, CAUSAL_TAIL, False)
+
+
+@triton.jit
+def _partial_kernel_fp8(Q, KC, VC, CACHE_LEN, KL, VL, KSCALE, VSCALE,
+                        s_qb, s_qh, s_qm, s_kcb, s_kch, s_kcn, s_vcb, s_vch, s_vcn,
+                        s_klb, s_klh, s_kln, s_vlb, s_vlh, s_vln, s_ob, s_oh, s_om, s_os, s_lb, s_lh, s_lm,
+                        n_kv_heads, n_q, n_local, chunk, OP, LSEP,
+                        SM_SCALE: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr, N_SPLITS: tl.constexpr, CAUSAL_TAIL: tl.constexpr):
+    """An FP8 E4M3 cache with per-KV-head scales KSCALE, VSCALE [Hkv] (float32)."""
+    _partial_body(Q, KC, VC, CACHE_LEN, KL, VL, KSCALE, VSCALE, s_qb, s_qh, s_qm, s_kcb, s_kch, s_kcn, s_vcb, s_vch,
+                  s_vcn, s_klb, s_klh, s_kln, s_vlb, s_vlh, s_vln, s_ob, s_oh, s_om, s_os, s_lb, s_lh, s_lm,
+                  n_kv_heads, n_q, n_local, chunk, OP, LSEP,
+                  SM_SCALE, GROUP, D, BLOCK_M, BLOCK_N, N_SPLITS, CAUSAL_TAIL, True)
+
+
+@triton.jit
+def _partial_body(Q, KC, VC, CACHE_LEN, KL, VL, KSCALE, VSCALE,
+                  s_qb, s_qh, s_qm, s_kcb, s_kch, s_kcn, s_vcb, s_vch, s_vcn,
+                  s_klb, s_klh, s_kln, s_vlb, s_vlh, s_vln, s_ob, s_oh, s_om, s_os, s_lb, s_lh, s_lm,
+                  n_kv_heads, n_q, n_local, chunk, OP, LSEP,
+                  sm_scale: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, N_SPLITS: tl.constexpr, CAUSAL_TAIL: tl.constexpr, FP8: tl.constexpr):
     pid_m, pid_bh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, kvh = pid_bh // n_kv_heads, pid_bh % n_kv_heads
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # folded (query head in group, query) rows
@@ -92,7 +121,8 @@ def _online_softmax(s, v, m_i, l_i, acc):
 
 
 @triton.jit
-def _combine_kernel(OP, LSEP, OUT, n_rows, s_os, s_ls, D: tl.constexpr, SPLITS: tl.constexpr, ROWS: tl.constexpr):
+def _combine_kernel(OP, LSEP, Q, n_rows, s_os, s_ls, OUT, D: tl.constexpr, SPLITS: tl.constexpr, ROWS: tl.constexpr):
+    """Q is not read: it is an input so the plugin node's output takes q's dtype and shape."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # flattened (b, head, query)
     ok = rows < n_rows
     d = tl.arange(0, D)
@@ -143,30 +173,48 @@ def block_attention_triton(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torc
     (BLOCK_M, BLOCK_N, target programs) overrides `tile_config`.
     """
     b, hq, n_q, d = q.shape
-    hkv, cap, n_local = cache_k.shape[1], cache_k.shape[2], local_k.shape[2]
-    fp8 = cache_k.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+    hkv, cap = cache_k.shape[1], cache_k.shape[2]
     group = hq // hkv
     block_m, block_n, target = tiles or tile_config(group * n_q, d)
     m_blocks = triton.cdiv(group * n_q, block_m)
     splits = num_cache_splits(cap, m_blocks * b * hkv, block_n, target)
-    chunk = triton.cdiv(cap, splits) if splits else 0
-    chunk = triton.cdiv(chunk, block_n) * block_n
+    chunk = triton.cdiv(triton.cdiv(cap, splits), block_n) * block_n if splits else 0
     partial = torch.empty(b, hq, n_q, splits + 1, d, device=q.device, dtype=torch.float32)
     lse = torch.empty(b, hq, n_q, splits + 1, device=q.device, dtype=torch.float32)
-    dummy = cache_len  # stands in for absent scales; never read unless FP8
-    launch(_partial_kernel)[(m_blocks, b * hkv, splits + 1)](
-        q, cache_k, cache_v, local_k, local_v, cache_len,
-        k_scale if fp8 else dummy, v_scale if fp8 else dummy, partial, lse,
-        q.stride(0), q.stride(1), q.stride(2), cache_k.stride(0), cache_k.stride(1), cache_k.stride(2),
-        cache_v.stride(0), cache_v.stride(1), cache_v.stride(2), local_k.stride(0), local_k.stride(1),
-        local_k.stride(2), local_v.stride(0), local_v.stride(1), local_v.stride(2),
-        partial.stride(0), partial.stride(1), partial.stride(2), partial.stride(3),
-        lse.stride(0), lse.stride(1), lse.stride(2),
-        hkv, n_q, n_local, chunk, d**-0.5,
-        GROUP=group, D=d, BLOCK_M=block_m, BLOCK_N=block_n, N_SPLITS=splits, CAUSAL_TAIL=causal_tail, FP8=fp8)
+    launch_partial(q, cache_k, cache_v, cache_len, local_k, local_v, k_scale, v_scale, causal_tail, partial, lse,
+                   block_m, block_n, chunk, launch)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous, whatever q's strides
+    launch_combine(partial, lse, q, out, launch)
+    return out
+
+
+def launch_partial(q, cache_k, cache_v, cache_len, local_k, local_v, k_scale, v_scale, causal_tail: int,
+                   partial: torch.Tensor, lse: torch.Tensor, block_m: int, block_n: int, chunk: int,
+                   launch=lambda kernel: kernel) -> None:
+    """The first kernel: partial [B, Hq, Lq, S + 1, D] and lse [B, Hq, Lq, S + 1] (float32), S cache chunks
+    of `chunk` slots and the local keys last (the TensorRT JIT plugin launches it alone too)."""
+    b, hq, n_q, d = q.shape
+    hkv, n_local = cache_k.shape[1], local_k.shape[2]
+    group, splits = hq // hkv, partial.shape[3] - 1
+    fp8 = cache_k.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+    strides = (q.stride(0), q.stride(1), q.stride(2), cache_k.stride(0), cache_k.stride(1), cache_k.stride(2),
+               cache_v.stride(0), cache_v.stride(1), cache_v.stride(2), local_k.stride(0), local_k.stride(1),
+               local_k.stride(2), local_v.stride(0), local_v.stride(1), local_v.stride(2),
+               partial.stride(0), partial.stride(1), partial.stride(2), partial.stride(3),
+               lse.stride(0), lse.stride(1), lse.stride(2))
+    scales = (k_scale, v_scale) if fp8 else ()
+    kernel = _partial_kernel_fp8 if fp8 else _partial_kernel
+    launch(kernel)[(triton.cdiv(group * n_q, block_m), b * hkv, splits + 1)](
+        q, cache_k, cache_v, cache_len, local_k, local_v, *scales, *strides, hkv, n_q, n_local, chunk, partial, lse,
+        SM_SCALE=d**-0.5, GROUP=group, D=d, BLOCK_M=block_m, BLOCK_N=block_n, N_SPLITS=splits,
+        CAUSAL_TAIL=causal_tail)
+
+
+def launch_combine(partial: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, out: torch.Tensor,
+                   launch=lambda kernel: kernel) -> None:
+    """The second kernel: the partials weighted by their log-sum-exps -> out [B, Hq, Lq, D] (contiguous)."""
+    b, hq, n_q, parts, d = partial.shape
     n_rows = b * hq * n_q
     rows = triton.next_power_of_2(n_rows) if interpreted() else 16
-    launch(_combine_kernel)[(triton.cdiv(n_rows, rows),)](partial, lse, out, n_rows, partial.stride(2), lse.stride(2),
-                                                          D=d, SPLITS=splits + 1, ROWS=rows)
-    return out
+    launch(_combine_kernel)[(triton.cdiv(n_rows, rows),)](partial, lse, q, n_rows, partial.stride(2), lse.stride(2), out,
+                                                          D=d, SPLITS=parts, ROWS=rows)

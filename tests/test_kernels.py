@@ -133,7 +133,8 @@ def test_model_steps_give_the_same_outputs_with_the_kernel(tiny):
 def test_onnx_export_of_a_layer_holds_the_custom_node(tiny, tmp_path):
     import onnx
 
-    from kernels.onnx import CUSTOM_TRANSLATION, DOMAIN, OP_TYPE
+    from kernels.aot import launch_geometry
+    from kernels.onnx import COMBINE, CUSTOM_TRANSLATION, DOMAIN, PARTIAL
     from model_src.backbone import KeyContext
     from model_src.kv_cache import init_cache
     from model_src.system import build_system
@@ -158,8 +159,14 @@ def test_onnx_export_of_a_layer_holds_the_custom_node(tiny, tmp_path):
     model = onnx.load(tmp_path / "layer.onnx")
     onnx.checker.check_model(model)
     nodes = [(n.domain, n.op_type) for n in model.graph.node]
-    assert nodes.count((DOMAIN, OP_TYPE)) == 1
-    assert ("", "Softmax") not in nodes  # the attention is inside the custom node
+    assert nodes.count((DOMAIN, PARTIAL)) == 1 and nodes.count((DOMAIN, COMBINE)) == 1
+    assert ("", "Softmax") not in nodes  # the attention is inside the plugin nodes
+    partial = next(n for n in model.graph.node if n.op_type == PARTIAL)
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in partial.attribute}
+    g = launch_geometry(1, tiny.n_heads, tiny.n_kv_heads, 8, tiny.head_dim, tiny.cache_capacity)
+    assert attrs["plugin_namespace"] == b"streamer" and attrs["aot"] == 1
+    assert (attrs["n_splits"], attrs["block_m"], attrs["block_n"], attrs["chunk"]) == (g.splits, g.block_m, g.block_n,
+                                                                                        g.chunk)
 
 
 def test_tensorrt_parses_the_custom_node(tiny, tmp_path):
@@ -175,3 +182,42 @@ def test_tensorrt_parses_the_custom_node(tiny, tmp_path):
     parser = trt.OnnxParser(network, logger)
     assert parser.parse_from_file(str(tmp_path / "layer.onnx")), [parser.get_error(i) for i in range(parser.num_errors)]
     assert any(network.get_layer(i).type == trt.LayerType.PLUGIN_V3 for i in range(network.num_layers))
+
+
+AOT_CHECK = r"""
+import json, re, sys
+from kernels.aot import compile_combine, compile_partial, launch_geometry
+out = {}
+for name, cache_dtype in (("bf16", "bfloat16"), ("fp8", "float8_e4m3fn")):
+    g = launch_geometry(1, 16, 8, 196, 128, 16384)
+    p = compile_partial((1, 16, 196, 128), (1, 8, 16384, 128), 196, "bfloat16", cache_dtype, 0, g)
+    entry = re.search(r"\.entry \w+\((.*?)\)", p.ptx, re.S).group(1)
+    out[name] = {"params": entry.count(".param"), "scalars": len(p.scalars), "grid": p.grid,
+                 "geometry": [g.m_blocks, g.splits], "block": p.block, "shared": p.shared}
+c = compile_combine((1, 16, 196, g.splits + 1, 128), "bfloat16")
+out["combine"] = {"params": re.search(r"\.entry \w+\((.*?)\)", c.ptx, re.S).group(1).count(".param"),
+                  "grid": c.grid, "scalars": c.scalars}
+print(json.dumps(out))
+"""
+
+
+def test_aot_kernels_compile_for_hopper_with_the_plugin_calling_convention():
+    """What the TensorRT AOT plugins embed: each kernel compiled by Triton for sm_90 (no GPU needed), its
+    PTX entry taking exactly inputs, int32 scalars, outputs (Triton's scratch pointers stripped)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the compiler, not the interpreter
+    run = subprocess.run([sys.executable, "-c", AOT_CHECK], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parent.parent, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    for name, n_inputs in (("bf16", 6), ("fp8", 8)):
+        assert out[name]["params"] == n_inputs + out[name]["scalars"] + 2, out[name]  # + partial, lse
+        m_blocks, splits = out[name]["geometry"]
+        assert out[name]["grid"] == [m_blocks, 8, splits + 1] and out[name]["block"] == 128
+    assert out["combine"]["params"] == 3 + 3 + 1 and out["combine"]["grid"] == [196, 1, 1]  # 16*196 rows / 16
+    report(f"AOT plugin kernels for sm_90: partial {out['bf16']['params']} params (fp8 {out['fp8']['params']}), "
+           f"{out['bf16']['shared']} B shared, grid {out['bf16']['grid']}; combine grid {out['combine']['grid']}")

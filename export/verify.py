@@ -1,9 +1,11 @@
 """`streamer verify`: every engine against the torch reference, per stage, over several streamed units.
 
-Both sides get the same inputs; the codec stages carry their own state from unit to unit (so an error
-that grows in the state shows), the thinker and flow stages run at several cache lengths. The error
-of a stage is the worst over its outputs and units: max abs, and max abs relative to the reference's
-largest magnitude; text tokens must match exactly.
+Both sides get the same inputs (random, in the engine's dtypes; the fp32 reference runs on the same
+values); the codec stages carry their own state from unit to unit (so an error that grows in the state
+shows), the thinker and flow stages run at several cache lengths. Per stage: max abs and relative
+error, the worst cosine of an output, the text tokens that agree; judged by the precision's tolerance
+(export/tolerances.py, with the reason for each). GPU engines run on the device path (bound once,
+copied in and out here); quantized stages are checked on held-out real inputs.
 """
 from __future__ import annotations
 
@@ -16,8 +18,7 @@ import torch
 from model_src.config import Preset
 
 from .stages import make_stages
-
-TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 3e-2}  # max relative error per full-precision stage
+from .tolerances import Tolerance, tolerance
 
 
 @dataclass
@@ -25,18 +26,26 @@ class StageCheck:
     stage: str
     max_abs: float
     max_rel: float
-    tolerance: float  # max rel (full precision) or min cosine (quantized)
+    limit: Tolerance
     tokens_equal: bool = True
     polygraphy: bool | None = None  # polygraphy's own comparison (ort/trt engines), None where not run
     precision: str = "fp32"
-    cosine: float | None = None  # quantized stages: worst cosine similarity on held-out real inputs
-    tokens_equal_fraction: float | None = None  # quantized thinker_step: text tokens that agree
+    cosine: float = 1.0  # worst cosine similarity of an output with the reference's
+    tokens_equal_fraction: float | None = None  # thinker_step: text tokens that agree
+
+    @property
+    def tolerance(self) -> float:
+        """The number the stage is judged by: max rel (fp32) or min cosine (the rest)."""
+        return self.limit.max_rel if self.limit.max_rel is not None else self.limit.min_cosine
 
     @property
     def ok(self) -> bool:
-        if self.cosine is not None:
-            return self.cosine >= self.tolerance
-        return self.max_rel <= self.tolerance and self.tokens_equal and self.polygraphy is not False
+        tokens = self.tokens_equal_fraction if self.tokens_equal_fraction is not None else float(self.tokens_equal)
+        if tokens < self.limit.min_tokens or self.polygraphy is False:
+            return False
+        if self.limit.max_rel is not None:
+            return self.max_rel <= self.limit.max_rel
+        return self.cosine >= self.limit.min_cosine
 
 
 def reference_system(manifest: dict):
@@ -47,6 +56,16 @@ def reference_system(manifest: dict):
     preset = Preset.from_json(manifest["preset"]["json"])
     weights = manifest.get("weights", {})
     system = build_system(preset, seed=weights.get("seed", 0))
+    if "embedded" in weights:  # the trained weights shipped in the package (issue 14): the same file, by hash
+        from model_src.weights import WeightsError, embedded_weights
+        from runtime.manifest import sha256
+
+        path = embedded_weights(weights["embedded"])
+        if path is None or sha256(path) != weights["sha256"]:
+            raise WeightsError(f"the engines were built from the embedded {weights['embedded']} weights with sha256 "
+                               f"{weights['sha256'][:12]}, but this installation ships "
+                               f"{'none' if path is None else sha256(path)[:12]}: rebuild the engines")
+        load_weights(system, preset, path)
     if "file" in weights:
         load_weights(system, preset, weights["file"])
     return system
@@ -54,12 +73,12 @@ def reference_system(manifest: dict):
 
 def verify(directory: str | Path, units: int = 3, seed: int = 0, polygraphy: bool = True) -> list[StageCheck]:
     """Check every stage of the engine directory; with `polygraphy`, also polygraphy's comparison."""
-    from runtime.engines import load_engines
-
     from .polygraphy_check import polygraphy_agrees
 
-    manifest, engines = load_engines(directory)
+    manifest, engines = _load(directory)
     system = reference_system(manifest)
+    fp8_cache = manifest.get("kv_cache", {}).get("dtype", "").startswith("float8")
+    scales = _kv_scales(directory, manifest) if fp8_cache else None
     g = torch.Generator().manual_seed(seed)
     results, held_out = [], None
     for spec in make_stages(system):
@@ -69,31 +88,117 @@ def verify(directory: str | Path, units: int = 3, seed: int = 0, polygraphy: boo
             held_out = held_out if held_out is not None else _held_out_inputs(system, units, seed)
             results.append(_quantized_check(spec, system, engine, held_out, precision))
             continue
-        worst = StageCheck(spec.name, 0.0, 0.0, TOLERANCE[precision], precision=precision)
-        torch_state = dict(spec.initial_state)
-        engine_state = {k: v.numpy() for k, v in spec.initial_state.items()}
-        for unit in range(units):
-            inputs = _unit_inputs(spec, g, unit, system.preset)
-            with torch.no_grad():
-                want = spec.module(*{**inputs, **torch_state}.values())
-            want = dict(zip(spec.output_names, [w.numpy() for w in want]))
-            got = engine.run({**{k: v.numpy() for k, v in inputs.items()}, **engine_state})
-            for name, ref in want.items():
-                if name == "text_tokens":
-                    worst.tokens_equal &= bool(np.array_equal(got[name], ref))
-                    continue
-                err = float(np.abs(got[name].astype(np.float64) - ref).max())
-                scale = float(np.abs(ref).max()) or 1.0
-                worst.max_abs, worst.max_rel = max(worst.max_abs, err), max(worst.max_rel, err / scale)
-            if spec.initial_state:  # carry each side's own state
-                n = len(spec.initial_state)
-                torch_state = {f"state_{i}": torch.from_numpy(want[f"new_state_{i}"]) for i in range(n)}
-                engine_state = {f"state_{i}": got[f"new_state_{i}"] for i in range(n)}
-        if polygraphy and manifest["backend"] in ("ort", "trt"):
+        transformer = spec.name in ("thinker_step", "flow_step")
+        worst = check_stage(spec, engine, precision, units, g, system.preset, scales if transformer else None)
+        if polygraphy and manifest["backend"] in ("ort", "trt") and precision == "fp32":
             worst.polygraphy = polygraphy_agrees(spec, manifest["backend"],
                                                  Path(directory) / manifest["stages"][spec.name]["file"])
         results.append(worst)
     return results
+
+
+def check_stage(spec, engine, precision: str, units: int, g: torch.Generator, p: Preset,
+                scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> StageCheck:
+    """One stage's engine (host engine or HostCall) against its fp32 torch module over `units` units of
+    random inputs in the engine's dtypes (`scales`: the FP8 cache's, when the engine takes one)."""
+    worst = StageCheck(spec.name, 0.0, 0.0, tolerance(precision, scales is not None), precision=precision)
+    tokens = [0, 0]
+    state, engine_state = dict(spec.initial_state), dict(spec.initial_state)
+    for unit in range(units):
+        feeds = _engine_feeds({**_unit_inputs(spec, g, unit, p), **engine_state}, engine.inputs, scales)
+        reference_in = {**_as_reference(feeds, spec, scales), **state}
+        with torch.no_grad():
+            want = dict(zip(spec.output_names, spec.module(*(reference_in[n] for n in spec.example_inputs))))
+        got = _run(engine, feeds)
+        for name, ref in want.items():
+            if name == "text_tokens":
+                tokens[0] += int((got[name] == ref).sum())
+                tokens[1] += ref.numel()
+            else:
+                _compare(worst, got[name].double(), ref.double())
+        if spec.initial_state:  # carry each side's own state
+            n = len(spec.initial_state)
+            state = {f"state_{i}": want[f"new_state_{i}"] for i in range(n)}
+            engine_state = {f"state_{i}": got[f"new_state_{i}"].float() for i in range(n)}
+    if tokens[1]:
+        worst.tokens_equal_fraction = tokens[0] / tokens[1]
+        worst.tokens_equal = tokens[0] == tokens[1]
+    return worst
+
+
+def _load(directory) -> tuple[dict, dict]:
+    """(manifest, {stage: engine}): host engines for CPU builds, device engines behind a host call for GPU ones."""
+    from runtime.engines import installed_versions, load_engines
+    from runtime.manifest import read_manifest
+
+    manifest = read_manifest(directory, installed_versions=installed_versions())
+    if manifest["target"]["device"] != "cuda":
+        return load_engines(directory)
+    from runtime.device import Device
+    from runtime.device_engines import HostCall, load_device_engines
+
+    _, engines = load_device_engines(directory, Device("cuda"), manifest=manifest)
+    return manifest, {name: HostCall(e) for name, e in engines.items()}
+
+
+def _kv_scales(directory, manifest) -> tuple[torch.Tensor, torch.Tensor]:
+    from runtime.engines import load_initial_state
+
+    s = load_initial_state(directory, manifest)["kv_cache"]
+    return torch.from_numpy(s["k_scale"]), torch.from_numpy(s["v_scale"])
+
+
+def _engine_feeds(inputs: dict[str, torch.Tensor], specs, scales) -> dict[str, torch.Tensor]:
+    """The fp32 inputs in the engine's dtypes: activations cast, an FP8 cache quantized with its scales,
+    split into per-layer inputs where the engine takes them."""
+    from model_src.kv_cache import quantize_fp8
+
+    want = {t.name: t for t in specs}
+    out = {}
+    for name, x in inputs.items():
+        if name in ("cache_k", "cache_v") and scales is not None:
+            q = quantize_fp8(x, scales[0] if name == "cache_k" else scales[1])
+            if name in want:
+                out[name] = q
+            else:
+                out.update({f"{name}_{i}": q[i] for i in range(q.shape[0])})
+        else:
+            out[name] = x.to(getattr(torch, want[name].dtype))
+    return out
+
+
+def _as_reference(feeds: dict[str, torch.Tensor], spec, scales) -> dict[str, torch.Tensor]:
+    """The values the engine received, as the fp32 reference takes them (an FP8 cache dequantized)."""
+    out = {}
+    for name, like in spec.example_inputs.items():
+        if name.startswith("state_"):
+            continue
+        if name in ("cache_k", "cache_v") and scales is not None:
+            q = feeds[name] if name in feeds else torch.stack([feeds[f"{name}_{i}"] for i in range(like.shape[0])])
+            s = (scales[0] if name == "cache_k" else scales[1])[:, None, :, None, None]
+            out[name] = (q.float() * s).to(like.dtype)
+        else:
+            out[name] = feeds[name].to(like.dtype)
+    return out
+
+
+def _run(engine, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Run a host engine (numpy) or a device engine's host call (torch) -> torch tensors on the CPU."""
+    from runtime.device_engines import HostCall
+
+    if isinstance(engine, HostCall):
+        return engine.run(feeds)
+    return {k: torch.from_numpy(np.asarray(v)) for k, v in engine.run({k: v.numpy() for k, v in feeds.items()}).items()}
+
+
+def _compare(worst: StageCheck, got: torch.Tensor, ref: torch.Tensor) -> None:
+    err = float((got - ref).abs().max())
+    scale = float(ref.abs().max()) or 1.0
+    a, b = got.flatten(), ref.flatten()
+    denom = float(a.norm() * b.norm())
+    cosine = float(a @ b) / denom if denom else float(torch.equal(a, b))
+    worst.max_abs, worst.max_rel = max(worst.max_abs, err), max(worst.max_rel, err / scale)
+    worst.cosine = min(worst.cosine, cosine)
 
 
 def _held_out_inputs(system, units: int, seed: int) -> dict:
@@ -117,7 +222,9 @@ def _quantized_check(spec, system, engine, held_out: dict, precision: str) -> St
     from calibration.torch_engines import TorchStageEngine
 
     err = stage_error(spec.name, stage_feeds(held_out, spec.name, system), TorchStageEngine(spec), engine)
-    return StageCheck(spec.name, err.max_abs, float("nan"), THRESHOLDS["cosine"], precision=precision,
+    limit = tolerance(precision)
+    assert limit.min_cosine == THRESHOLDS["cosine"], "one accepted cosine for quantized stages"
+    return StageCheck(spec.name, err.max_abs, float("nan"), limit, precision=precision,
                       cosine=err.cosine, tokens_equal_fraction=err.tokens_equal_fraction)
 
 

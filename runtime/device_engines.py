@@ -187,3 +187,30 @@ def load_device_engines(directory: str | Path, device: Device, stages: list[str]
         else:
             raise ManifestError(f"{directory}: backend {backend!r} has no device-path engine (ort, aoti, trt)")
     return manifest, engines
+
+
+class HostCall:
+    """A DeviceEngine run from host tensors, one call at a time (`streamer verify`, polygraphy): its feeds
+    copied in, the engine run once, its outputs copied out. Not the unit path: that binds once and
+    moves only a unit's inputs and outputs (runtime/device_session.py)."""
+
+    def __init__(self, engine: DeviceEngine) -> None:
+        self.engine, self.inputs, self.outputs = engine, engine.inputs, engine.outputs
+        dev = engine.device
+        self.feeds = {t.name: dev.empty(t.shape, torch_dtype(t.dtype)) for t in engine.inputs}
+        self.outs = engine.allocate_outputs()
+        self.call = engine.bind(self.feeds, self.outs)
+
+    def run(self, feeds: dict) -> dict:
+        """{name: tensor or array} -> {name: CPU tensor} (bf16/FP8 kept as they are); numpy arrays in ->
+        numpy arrays out (fp32 I/O: the quantized stages' checks)."""
+        missing = sorted(set(self.feeds) - set(feeds))
+        if missing:
+            raise EngineInputError(f"{self.engine.stage}: missing inputs {missing}")
+        for name, x in feeds.items():
+            self.feeds[name].copy_(torch.as_tensor(x))
+        self.call()
+        if self.engine.device.cuda:
+            torch.cuda.synchronize(self.engine.device.torch)
+        as_numpy = all(isinstance(x, np.ndarray) for x in feeds.values())
+        return {name: y.cpu().numpy() if as_numpy else y.cpu() for name, y in self.outs.items()}

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
 from types import SimpleNamespace
 
 import numpy as np
@@ -90,19 +91,13 @@ class TwoDevicePerformer:
     def capture(self) -> None:
         self.solver.capture(self.stream)
 
-    def _both(self):
+    def _both(self) -> ExitStack:
         """Both workers' streams current: a cross-device copy runs after the source stream's work and the
         destination stream waits for it (torch's rule for copies between GPUs)."""
-        class Both:
-            def __enter__(s):
-                s.a, s.b = self.thinker.use(self.t_stream), self.device.use(self.stream)
-                s.a.__enter__()
-                s.b.__enter__()
-
-            def __exit__(s, *exc):
-                s.b.__exit__(*exc)
-                s.a.__exit__(*exc)
-        return Both()
+        stack = ExitStack()
+        stack.enter_context(self.thinker.use(self.t_stream))
+        stack.enter_context(self.device.use(self.stream))
+        return stack
 
     def submit(self, unit_index: int, k_delta, v_delta, delta_ready) -> None:
         d, slot = self.device, unit_index % 2

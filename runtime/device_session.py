@@ -29,9 +29,10 @@ from .device_engines import load_device_engines
 from .device_performer import SharedCachePerformer, TwoDevicePerformer
 from .device_state import DeviceKVCache
 from .device_thinker import DeviceThinker
+from .engine import check_finite
 from .engines import load_initial_state
 from .ledger import TransferLedger
-from .session import UnitOutput
+from .session import StreamOrder, UnitOutput
 from .spec import unit_spec
 from .trace import SpanLog
 
@@ -39,7 +40,7 @@ PLACEMENTS = ("one-gpu", "two-gpu", "two-process")
 THINKER_STAGES = ["audio_enc", "video_enc", "thinker_step", "audio_dec", "video_dec"]
 
 
-class DeviceSession:
+class DeviceSession(StreamOrder):
     """Streams one conversation through the engines of `directory` with device-resident state.
 
     device: the thinker's device ("cuda:0", or "cpu" for the CPU twin); performer_device: the
@@ -92,6 +93,9 @@ class DeviceSession:
         s = self.spec
         if placement == "one-gpu":
             return SharedCachePerformer(loaded["flow_step"], s, self.device, self.cache, self.ledger, self.seed)
+        if directory is None:
+            raise ValueError(f"placement {placement}: the performer loads its own engines from an engine directory; "
+                             f"engines given in process run in one-gpu only")
         other = Device(performer_device or ("cuda:1" if self.device.cuda else "cpu"))
         if placement == "two-gpu":
             _, flow = load_device_engines(directory, other, ["flow_step"], threads, self.manifest)
@@ -101,12 +105,6 @@ class DeviceSession:
 
         return ProcessDevicePerformer(directory, s, self.seed, self.log, self.ledger, self.device, self.stream,
                                       threads=threads, timeout_s=timeout_s)
-
-    def __enter__(self) -> "DeviceSession":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def step(self, audio: np.ndarray, frames: np.ndarray, text_in: np.ndarray | None = None) -> UnitResult:
         """One unit of user input -> the model's text for unit k and the audio/frames of unit k - 1 (None
@@ -138,19 +136,8 @@ class DeviceSession:
         timings["total"] = 1000.0 * (time.perf_counter() - started)
         return UnitResult(k, tokens, media.audio if media else None, media.frames if media else None, timings)
 
-    def decode_ready(self) -> UnitOutput | None:
-        """If the last submitted unit's y has arrived and is not decoded yet, decode it now (live mode);
-        otherwise None, without waiting."""
-        k = self.unit_index - 1
-        if k < self.decoded or not (self.received >= k or self.performer.ready(k)):
-            return None
-        return self._decode_through(k)
-
     def flush(self) -> UnitOutput | None:
-        """Wait for and decode the last unit's latents (None if `decode_ready` already gave them)."""
-        if self.unit_index == 0:
-            raise RuntimeError("flush() before any unit was streamed: there is nothing to decode")
-        out = self._decode_through(self.unit_index - 1)
+        out = super().flush()
         self.ledger.unit_done()
         return out
 
@@ -179,4 +166,6 @@ class DeviceSession:
                 d.sync(self.out_ready)
         self.decoded = k + 1
         host = self.thinker.host_out
-        return UnitOutput(k, host["wave"].numpy()[0].copy(), host["frames"].numpy().copy())
+        wave = host["wave"].numpy()[0].copy()
+        check_finite("audio_dec", k, {"wave": wave})  # what reaches the host; the device is not polled
+        return UnitOutput(k, wave, host["frames"].numpy().copy())

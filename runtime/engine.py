@@ -11,6 +11,18 @@ import numpy as np
 from .manifest import TensorSpec
 
 
+class StageOutputError(RuntimeError):
+    """A stage produced NaN or Inf: the session stops, naming the stage and the unit."""
+
+
+def check_finite(stage: str, unit: int, outputs: dict) -> None:
+    """Raise StageOutputError if a float output of `stage` holds NaN or Inf (numpy arrays)."""
+    for name, y in outputs.items():
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            raise StageOutputError(f"{stage} produced NaN/Inf in {name!r} at unit {unit}: the session stops "
+                                   f"(check the weights and the engine's precision; `streamer verify` compares it)")
+
+
 class EngineInputError(ValueError):
     """Feeds that do not match an engine's input spec."""
 

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from unitio.limits import preset_problem, shape_problem
+from unitio.limits import DTYPES, preset_problem, shape_problem
 
 from .signing import SIGNATURE, sign_manifest, verify_manifest
 
@@ -144,6 +144,14 @@ def confined(directory: Path, rel: object, what: str) -> Path:
 _STAGES = ("audio_enc", "video_enc", "thinker_step", "flow_step", "audio_dec", "video_dec")
 _TOP = {"preset": dict, "backend": str, "backend_library": str, "precision": str, "target": dict, "versions": dict,
         "weights": dict, "stages": dict, "initial_state": str, "files": dict}
+_OPTIONAL = {
+    "attention": lambda v: v is None or isinstance(v, str),
+    "kv_cache": lambda v: isinstance(v, dict) and v.get("dtype") in DTYPES and isinstance(v.get("scales"), (str, type(None))),
+    "calibration": lambda v: isinstance(v, dict),
+    "exported_from": lambda v: isinstance(v, str),
+}
+_OPTIONAL_WHAT = {"attention": "a string or null", "kv_cache": f"{{dtype: one of {list(DTYPES)}, scales: string or null}}",
+                  "calibration": "a JSON object", "exported_from": "a string"}
 
 
 def check_structure(manifest: dict, path: Path) -> None:
@@ -165,6 +173,8 @@ def check_structure(manifest: dict, path: Path) -> None:
     problem = preset_problem(fields)
     need(problem is None and fields["name"] == p["name"], f"preset.json: {problem or 'expected the same name'}", p["json"])
     need(isinstance(manifest["target"].get("device"), str), "target.device: expected a string", manifest["target"])
+    for key, ok in _OPTIONAL.items():  # fields later builds added: absent in older manifests, typed when present
+        need(key not in manifest or ok(manifest[key]), f"{key}: expected {_OPTIONAL_WHAT[key]}", manifest.get(key))
     need(all(isinstance(v, (str, type(None))) for v in manifest["versions"].values()),
          "versions: expected library -> version string", manifest["versions"])
     files = manifest["files"]
@@ -174,8 +184,9 @@ def check_structure(manifest: dict, path: Path) -> None:
     need(set(stages) == set(_STAGES), f"stages: expected {list(_STAGES)}", sorted(stages))
     for name, info in stages.items():
         need(isinstance(info, dict) and isinstance(info.get("file"), str) and isinstance(info.get("precision"), str)
-             and isinstance(info.get("inputs"), list) and isinstance(info.get("outputs"), list),
-             f"stages.{name}: expected {{file, precision, inputs, outputs}}", info)
+             and isinstance(info.get("inputs"), list) and isinstance(info.get("outputs"), list)
+             and isinstance(info.get("attention"), (str, type(None))),
+             f"stages.{name}: expected {{file, precision, inputs, outputs[, attention]}}", info)
         for side in ("inputs", "outputs"):
             need(0 < len(info[side]) <= 256, f"stages.{name}.{side}: expected 1 to 256 tensors", len(info[side]))
             for t in info[side]:

@@ -59,7 +59,33 @@ class UnitOutput:
     frames: np.ndarray
 
 
-class EngineSession:
+class StreamOrder:
+    """What both sessions share (this host path, and runtime/device_session.py): the order in which a
+    unit's output leaves (at the next step, early by `decode_ready`, or at `flush`), and closing as a
+    context manager. Subclasses keep `unit_index`, `received`, `decoded`, `performer` and `_decode_through`."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def decode_ready(self) -> UnitOutput | None:
+        """If the last submitted unit's y has arrived and is not decoded yet, decode it now (live mode:
+        output goes out before the next input is in); otherwise None, without waiting."""
+        k = self.unit_index - 1
+        if k < self.decoded or not (self.received >= k or self.performer.ready(k)):
+            return None
+        return self._decode_through(k)
+
+    def flush(self) -> UnitOutput | None:
+        """Wait for and decode the last unit's latents (None if `decode_ready` already gave them)."""
+        if self.unit_index == 0:
+            raise RuntimeError("flush() before any unit was streamed: there is nothing to decode")
+        return self._decode_through(self.unit_index - 1)
+
+
+class EngineSession(StreamOrder):
     """Streams one conversation through the engines of `directory` (batch 1). Use as a context manager
     (or call `close`) so a pipelined session's performer process is stopped.
 
@@ -109,12 +135,6 @@ class EngineSession:
         self.prev_audio = np.zeros(s.audio_latent_shape, np.float32)  # y_(k-1): zeros before unit 0
         self.prev_video = np.zeros(s.video_latent_shape, np.float32)
 
-    def __enter__(self) -> EngineSession:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def step(self, audio: np.ndarray, frames: np.ndarray, text_in: np.ndarray | None = None) -> UnitResult:
         """One unit of user input -> the model's text for unit k and the audio/frames of unit k - 1 (None
         at k = 0, or when `decode_ready` already gave them). Bad input raises InputError, state untouched."""
@@ -124,7 +144,7 @@ class EngineSession:
         text = check_text_unit(text_in, s.text_in_tokens, s.vocab_size, s.text_pad_id)
         started, first_span = time.perf_counter(), log.count
         with log("encode", k):
-            za, zv, encoder_states = self.thinker.encode(audio, frames)
+            za, zv, encoder_states = self.thinker.encode(audio, frames, k)
         self._receive(k - 1)
         with log("think", k):
             tokens, k_delta, v_delta = self.thinker.think(k, text, za, zv, self.prev_audio, self.prev_video, self.cache)
@@ -135,20 +155,6 @@ class EngineSession:
         media = self._decode_through(k - 1)
         return UnitResult(k, tokens, media.audio if media else None, media.frames if media else None,
                           self._thinker_ms(first_span, started))
-
-    def decode_ready(self) -> UnitOutput | None:
-        """If the last submitted unit's y has arrived and is not decoded yet, decode it now (live mode:
-        output goes out before the next input is in); otherwise None, without waiting."""
-        k = self.unit_index - 1
-        if k < self.decoded or not (self.received >= k or self.performer.ready(k)):
-            return None
-        return self._decode_through(k)
-
-    def flush(self) -> UnitOutput | None:
-        """Wait for and decode the last unit's latents (None if `decode_ready` already gave them)."""
-        if self.unit_index == 0:
-            raise RuntimeError("flush() before any unit was streamed: there is nothing to decode")
-        return self._decode_through(self.unit_index - 1)
 
     def close(self) -> None:
         self.performer.close()
@@ -167,7 +173,7 @@ class EngineSession:
             return None
         self._receive(k)
         with self.log("decode", k):
-            wave, frames = self.thinker.decode(self.prev_audio, self.prev_video)
+            wave, frames = self.thinker.decode(self.prev_audio, self.prev_video, k)
         self.decoded = k + 1
         return UnitOutput(k, wave, frames)
 

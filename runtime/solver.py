@@ -8,7 +8,7 @@ import numpy as np
 
 from unitio.units import unit_noise
 
-from .engines import Engine
+from .engine import Engine, check_finite
 from .kv_cache import KVBuffers
 
 
@@ -26,6 +26,7 @@ class FlowSolver:
         index = np.array([unit_index], np.int64)
         for t in self.times:
             v = self.engine.run({"noisy_audio": ya, "noisy_video": yv, "t": t, **cache.feeds(), "unit_index": index})
+            check_finite("flow_step", unit_index, v)
             ya, yv = ya + self.dt * v["v_audio"], yv + self.dt * v["v_video"]
         return ya, yv
 

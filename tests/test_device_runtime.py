@@ -37,23 +37,6 @@ def reference(tiny_ort_engines):
         return units, *_stream(session, units)
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
-def test_device_path_equals_the_sequential_reference_bitwise(tiny_ort_engines, reference, placement):
-    units, want, want_last = reference
-    with DeviceSession(tiny_ort_engines, placement=placement, device="cpu", seed=7, threads=1) as session:
-        got, got_last = _stream(session, units)
-    for a, b in zip(want, got):
-        np.testing.assert_array_equal(a.text_tokens, b.text_tokens)
-        if a.audio is None:
-            assert b.audio is None
-        else:
-            np.testing.assert_array_equal(a.audio, b.audio)
-            np.testing.assert_array_equal(a.frames, b.frames)
-    np.testing.assert_array_equal(want_last.audio, got_last.audio)
-    np.testing.assert_array_equal(want_last.frames, got_last.frames)
-    report(f"device path ({placement}, on cpu) == sequential reference bitwise over {len(units)} tiny units")
-
-
 def _expected_bytes(spec, placement: str) -> dict[str, int]:
     """A unit's traffic from the spec alone: inputs, seed noise and unit indices in; tokens, waveform and
     uint8 frames out; the delta appended (and moved between workers) and y_k handed to the thinker."""
@@ -74,21 +57,28 @@ def _expected_bytes(spec, placement: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("placement", PLACEMENTS)
-def test_the_ledger_counts_a_units_io_and_never_the_state(tiny_ort_engines, reference, placement):
-    units = reference[0][:6]
+def test_device_path_equals_the_reference_bitwise_and_moves_only_a_units_io(tiny_ort_engines, reference, placement):
+    """Every placement on the CPU: tokens, audio and frames bitwise the sequential host path's; the ledger
+    per unit exactly the spec's formula (inputs, seed noise, delta, y_k, outputs), never the state."""
+    units, want, want_last = reference
     with DeviceSession(tiny_ort_engines, placement=placement, device="cpu", seed=7, threads=1) as session:
-        _stream(session, units)
-        rows = list(session.ledger.units)
-        spec, cache_bytes = session.spec, session.cache.nbytes()
-        state_bytes = min(t.numel() * t.element_size() for c in session.thinker.codecs.values()
-                          for t in c.sets[0].values())
-    want = _expected_bytes(spec, placement)
-    steady = rows[2:len(units)]  # every step after the first two (the two-process report arrives a unit late)
-    for row in steady:
-        assert row == want, (placement, row, want)
+        got, got_last = _stream(session, units)
+        rows, spec, cache_bytes = list(session.ledger.units), session.spec, session.cache.nbytes()
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(a.text_tokens, b.text_tokens)
+        if a.audio is None:
+            assert b.audio is None
+        else:
+            np.testing.assert_array_equal(a.audio, b.audio)
+            np.testing.assert_array_equal(a.frames, b.frames)
+    np.testing.assert_array_equal(want_last.audio, got_last.audio)
+    np.testing.assert_array_equal(want_last.frames, got_last.frames)
+    expected = _expected_bytes(spec, placement)
+    for row in rows[2:len(units)]:  # every step after the first two (the two-process report arrives a unit late)
+        assert row == expected, (placement, row, expected)
     assert max(max(r.values()) for r in rows) < cache_bytes  # the cache never crosses
-    report(f"ledger ({placement}): {want} bytes per unit; cache {cache_bytes} B and codec states stay put "
-           f"(smallest state tensor {state_bytes} B)")
+    report(f"device path ({placement}, on cpu) == sequential reference bitwise over {len(units)} tiny units; "
+           f"{expected} bytes per unit (cache {cache_bytes} B stays put)")
 
 
 def test_host_path_refuses_gpu_engines_and_placements_check_their_options(tiny_ort_engines):

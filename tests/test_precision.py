@@ -82,7 +82,7 @@ def test_streamer_export_writes_bf16_onnx_with_the_kernel_nodes(tmp_path, tiny):
         assert ops.count("BlockAttentionPartial") == ops.count("BlockAttentionCombine") > 0
         assert "Softmax" not in ops
         assert not [s for s in _matmul_input_shapes(model) if tiny.cache_capacity in s], stage
-    report(f"streamer export tiny bf16: plugin nodes in thinker_step and flow_step, no MatMul over the cache")
+    report("streamer export tiny bf16: plugin nodes in thinker_step and flow_step, no MatMul over the cache")
 
 
 def test_fp8_cache_exports_per_layer_inputs_into_the_fp8_plugin(tmp_path, tiny):

@@ -16,7 +16,10 @@ Sections, in order of importance, each timed and skipped (with the reason) once 
   engines          tiny AOTInductor CUDA packages through `streamer build`, run in one-gpu and
                    two-process placements (CUDA IPC, pinned slots, graphs over AOTI): bitwise equal?
 Writes gpu_check.json and gpu_check.md into --out (default $OUT, else the current folder), after each
-section, so a run cut short still returns what it measured. Needs only torch (+ triton) and this repo.
+section, so a run cut short still returns what it measured. Needs only torch (+ triton) and this repo;
+the `engines` section runs `streamer build`, which also wants rich, safetensors, tqdm and imageio: on a
+machine without a registry, carry them (`bash bench/gpu_wheels.sh` here, then on the device
+`pip install --no-index --find-links .gpu_wheels rich safetensors tqdm imageio` first).
 """
 from __future__ import annotations
 

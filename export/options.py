@@ -99,9 +99,9 @@ class BuildOptions:
             if self.precision in QUANTIZED:
                 raise BuildOptionError(f"--kv-cache fp8 goes with fp32/fp16/bf16 activations, not --precision "
                                        f"{self.precision}")
-            if self.backend == "ort":
-                raise BuildOptionError("--kv-cache fp8 with --backend ort: ONNX Runtime's CPU provider has no FP8 "
-                                       "attention; build trt or aoti --device cuda")
+            if not self.cuda_target:
+                raise BuildOptionError(f"--kv-cache fp8 with a CPU build ({self.backend}): FP8 caches are for GPUs "
+                                       f"(FP8 attention in the Triton kernel); build trt, or aoti --device cuda")
             if self.backend in ("trt", "onnx") and attention != "triton":
                 raise BuildOptionError("--kv-cache fp8 in ONNX/TensorRT needs --attention triton (the FP8 cache is "
                                        "read by the BlockAttentionFP8 plugin; no ONNX operator indexes FP8 tensors)")

@@ -132,6 +132,7 @@ def test_verify_judges_each_precision_by_its_tolerance(tiny):
     (dict(backend="aoti", precision="bf16"), "add --device cuda"),
     (dict(backend="aoti", attention="triton"), "Triton kernels compile for GPUs only"),
     (dict(backend="onnx", kv_cache="fp8"), "needs --calibration"),
+    (dict(backend="aoti", kv_cache="fp8", calibration="c"), "FP8 caches are for GPUs"),
     (dict(backend="onnx", kv_cache="fp8", attention="sdpa", calibration="c"), "needs --attention triton"),
     (dict(backend="trt", precision="int8", calibration="c", attention="triton"), "takes --attention torch"),
 ])

@@ -29,7 +29,6 @@ from model_src.config import get_preset
 from model_src.system import build_system
 from runtime.engines import Engine
 from runtime.session import EngineSession
-from unitio.media import split_units, synthetic_input
 
 START, END = "<!-- quantization tables: start -->", "<!-- quantization tables: end -->"
 
@@ -65,8 +64,28 @@ def quantize_codec(system, stage: str, tensors, precision: str):
 
 
 def units_of(preset, n: int, seed: int):
-    audio, frames = synthetic_input(preset, n, seed)
-    return split_units(audio, frames, preset, n)
+    """n units of the synthetic conversation `seed` (what `--input synthetic` streams; issue 14)."""
+    from training.conversation import ConversationUnits
+
+    return list(ConversationUnits(preset, n, seed))
+
+
+def load_model(preset_name: str, weights: Path | None, weights_seed: int | None):
+    """--weights FILE, --weights-seed N, else the preset's shipped trained weights (tiny), else seed 0
+    -> (system, words for the report)."""
+    from model_src.weights import embedded_weights, load_weights, read_preset
+
+    if weights is None and weights_seed is None:
+        weights = embedded_weights(preset_name)
+        what = f"the shipped trained weights ({weights.name})" if weights is not None else "seeded random weights"
+    else:
+        what = f"weights {weights.name}" if weights is not None else f"seeded random weights (seed {weights_seed})"
+    if weights is None:
+        return build_system(get_preset(preset_name), seed=weights_seed or 0), what
+    p = read_preset(weights)
+    system = build_system(p)
+    load_weights(system, p, weights)
+    return system, what
 
 
 def main() -> None:
@@ -75,11 +94,13 @@ def main() -> None:
     ap.add_argument("--cal-units", type=int, default=16)
     ap.add_argument("--held-out-units", type=int, default=4)
     ap.add_argument("--session-units", type=int, default=50)
-    ap.add_argument("--int8-engines", type=Path, help="INT8 ORT engines of the same preset and weights (seed 0)")
+    ap.add_argument("--int8-engines", type=Path, help="INT8 ORT engines of the same preset and weights")
+    ap.add_argument("--weights", type=Path, help="weights file (default: the preset's shipped trained weights, if any)")
+    ap.add_argument("--weights-seed", type=int, default=None, help="seeded random weights instead")
     ap.add_argument("--write", type=Path, help="replace the tables in this markdown file")
     args = ap.parse_args()
-    p = get_preset(args.preset)
-    system = build_system(p, seed=0)
+    system, weights_words = load_model(args.preset, args.weights, args.weights_seed)
+    p = system.preset
     tmp = Path(tempfile.mkdtemp())
     cal = load_calibration(record(system, units_of(p, args.cal_units, 0), 0, tmp / "cal.safetensors"))[0]
     held = load_calibration(record(system, units_of(p, args.held_out_units, 1000), 1000, tmp / "held.safetensors"))[0]
@@ -127,7 +148,7 @@ def main() -> None:
         d = session_diff(reference(), session, units)
         srows.append(f"| {name} | {d.tokens_differ}/{d.tokens_total} | {d.latents_snr_db:.1f} dB | {d.audio_snr_db:.1f} dB | "
                      f"{d.frames_snr_db:.1f} dB |")
-    text = "\n".join([START, f"Preset `{p.name}` (seeded random weights), calibration {args.cal_units} synthetic units "
+    text = "\n".join([START, f"Preset `{p.name}` ({weights_words}), calibration {args.cal_units} synthetic conversation units "
                       f"(seed 0), held-out {args.held_out_units} units (seed 1000); "
                       f"{platform.processor() or platform.machine()}; "
                       f"`python bench/quantization.py --preset {p.name} --session-units {args.session_units}"

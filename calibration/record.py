@@ -12,11 +12,13 @@ initial state). `stage_feeds` gives every call's full feeds back, in order.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from runtime.engines import Engine
 from runtime.kv_cache import KVBuffers
@@ -50,9 +52,10 @@ class RecordingEngine(Engine):
 
 
 def record(system, units: list[tuple[np.ndarray, np.ndarray]], seed: int, out: str | Path, source: str = "synthetic",
-           on_unit: Callable[[int], None] = lambda k: None) -> Path:
+           on_unit: Callable[[int], None] = lambda k: None, weights: dict | None = None) -> Path:
     """Stream `units` (audio, frames) through the runtime's unit path on the torch modules of `system`,
-    recording every stage's inputs; writes and returns the safetensors file `out`."""
+    recording every stage's inputs; writes and returns the safetensors file `out`. Its metadata holds
+    the SHA-256 of the weights (`weights_digest`) and `weights`, where they came from (file or seed)."""
     from safetensors.numpy import save_file
 
     from runtime.session import EngineSession
@@ -72,11 +75,44 @@ def record(system, units: list[tuple[np.ndarray, np.ndarray]], seed: int, out: s
             tensors[key] = np.ascontiguousarray(np.stack(calls))  # safetensors writes the raw buffer:
             # a stack of transposed outputs is not C-ordered and would be saved scrambled
     meta = {"format": FORMAT, "preset": system.preset.to_json(), "units": str(len(units)), "seed": str(seed),
-            "source": source}
+            "source": source, "weights_sha256": weights_digest(system), "weights": json.dumps(weights or {})}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out), metadata=meta)
     return out
+
+
+def weights_digest(system) -> str:
+    """SHA-256 of a model's weights themselves (every state-dict tensor: name, dtype, shape, bytes, in name
+    order): the same for the same weights whether they came from a file or a seed."""
+    h = hashlib.sha256()
+    for name, t in sorted(system.state_dict().items()):
+        a = t.detach().cpu().contiguous()
+        h.update(f"{name}|{a.dtype}|{tuple(a.shape)}\n".encode())
+        h.update(a.view(-1).view(torch.uint8).numpy().tobytes() if a.numel() else b"")
+    return h.hexdigest()
+
+
+def check_calibration_weights(path: str | Path, system) -> None:
+    """Refuse a calibration file recorded from other weights than `system`'s (its weights_sha256 metadata
+    against `weights_digest(system)`); CalibrationError names the file and both digests."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CalibrationError(f"{path}: no such calibration file (make one with `streamer calibrate`)")
+    try:
+        with safe_open(str(path), "np") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors' own error types for a damaged header
+        raise CalibrationError(f"{path}: expected a calibration safetensors file, got an error: {e}") from None
+    recorded, here = meta.get("weights_sha256"), weights_digest(system)
+    if recorded is None:
+        raise CalibrationError(f"{path}: records no weights_sha256 (made before calibration files recorded their "
+                               f"weights); expected weights {here[:16]}...: record it again with `streamer calibrate`")
+    if recorded != here:
+        raise CalibrationError(f"{path}: recorded from weights {recorded[:16]}... ({meta.get('weights', '?')}), but "
+                               f"this build's weights are {here[:16]}...: calibrate with the weights you build")
 
 
 def load_calibration(path: str | Path, preset=None) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -96,3 +96,21 @@ def block_causal_mask(layout: UnitLayout, n_units: int, sink_units: int | None =
     same_unit_ok = ~key_is_text | (query_is_text & (idx[None, :] <= idx[:, None]))
     visible = unit_visible(q_unit, k_unit, sink_units, window_units)
     return visible & ((k_unit != q_unit) | same_unit_ok)
+
+
+def flow_block_mask(layout: UnitLayout, n_units: int, flow_tokens: int, sink_units: int | None = None,
+                    window_units: int | None = None) -> torch.Tensor:
+    """Boolean mask [U * F, U * T + U * F] of the offline flow blocks (F = flow_tokens per unit) over the
+    unit tokens followed by the flow tokens: block k sees every token of units <= k that the streaming
+    cache holds while unit k is solved, and all of its own block (no other block).
+
+    The solve of unit k runs after unit k is appended, so with a window the ring holds units
+    k - window + 1 .. k (unit k - window was just overwritten): one unit less of the past than the
+    thinker step of unit k sees."""
+    t = layout.tokens
+    q_unit = (torch.arange(n_units * flow_tokens) // flow_tokens)[:, None]
+    key_unit = (torch.arange(n_units * t) // t)[None, :]
+    window = None if window_units is None else window_units - 1
+    cached = unit_visible(q_unit, key_unit, sink_units, window) & (key_unit <= q_unit)
+    own = q_unit == (torch.arange(n_units * flow_tokens) // flow_tokens)[None, :]
+    return torch.cat([cached, own], dim=1)

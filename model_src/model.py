@@ -18,7 +18,7 @@ from torch import nn
 from .backbone import Backbone, KeyContext
 from .config import Preset
 from .flow import timestep_features
-from .layout import N_TYPES, TYPE_IDS, UnitLayout, block_causal_mask
+from .layout import N_TYPES, TYPE_IDS, UnitLayout, block_causal_mask, flow_block_mask
 from .patches import patchify, unpatchify
 
 
@@ -151,6 +151,14 @@ class AVModel(nn.Module):
         cache would hold. Returns (hidden [B, U, T, hidden] after the final norm,
         text_logits [B, U, n_text_out, vocab]).
         """
+        hidden, logits, _, _ = self.units_offline(text_in, video_in, audio_in, audio_prev, video_prev, text_out,
+                                                  sink_units, window_units)
+        return hidden, logits
+
+    def units_offline(self, text_in, video_in, audio_in, audio_prev, video_prev, text_out,
+                      sink_units: int | None = None, window_units: int | None = None):
+        """`forward_offline`, also returning every layer's keys/values of the U * T unit tokens
+        ([n_layers, B, Hkv, U * T, D] each, RoPE applied): what the flow blocks attend to (`flow_offline`)."""
         bb, lay = self.backbone, self.layout
         b, u = text_in.shape[:2]
         units = [torch.cat([self.embed_prefix(text_in[:, j], video_in[:, j], audio_in[:, j], audio_prev[:, j],
@@ -160,10 +168,37 @@ class AVModel(nn.Module):
         positions = torch.arange(u * lay.tokens, device=x.device).expand(b, -1)
         cos, sin = bb.rope(positions)
         mask = block_causal_mask(lay, u, sink_units, window_units).to(x.device)[None, None]
-        x, _, _ = bb.run_layers(x, cos, sin, KeyContext.local_only(bb, b, mask))
+        x, ks, vs = bb.run_layers(x, cos, sin, KeyContext.local_only(bb, b, mask))
         hidden = bb.norm(x).view(b, u, lay.tokens, -1)
         n_text, first = self.preset.text_out_tokens, lay.prefix_tokens - 1
-        return hidden, self.text_logits(hidden[:, :, first:first + n_text])
+        return hidden, self.text_logits(hidden[:, :, first:first + n_text]), ks, vs
+
+    def flow_offline(self, noisy_audio, noisy_video, t, unit_k, unit_v,
+                     sink_units: int | None = None, window_units: int | None = None):
+        """The flow blocks of all U units in one pass: block k attends to the unit tokens the streaming
+        cache holds when unit k is solved (units <= k, within sink + window: see
+        `layout.flow_block_mask`) and to itself, exactly as U separate `flow_step` calls would.
+
+        noisy_audio [B, U, A, Za]; noisy_video [B, U, Zv, h, w]; t [B, U] (each block its own time);
+        unit_k/unit_v from `units_offline`. Returns (v_audio [B, U, A, Za], v_video [B, U, Zv, h, w]), float32.
+        """
+        p, bb, lay = self.preset, self.backbone, self.layout
+        b, u, a = noisy_audio.shape[:3]
+        n, dt = p.flow_tokens, self.dtype
+        video = patchify(noisy_video.flatten(0, 1).to(dt), p.video_out_patch).view(b, u, -1, p.video_out_dim)
+        x = torch.cat([self.audio_out_proj(noisy_audio.to(dt)) + self.type_embed.weight[TYPE_IDS["flow_audio"]],
+                       self.video_out_proj(video) + self.type_embed.weight[TYPE_IDS["flow_video"]]], dim=2)
+        x = x + self.time_mlp(timestep_features(t.reshape(-1), p.time_embed_dim).to(dt)).view(b, u, 1, -1)
+        index = torch.arange(u, device=x.device)
+        cos, sin = bb.rope(lay.flow_positions(index, n).reshape(1, -1).expand(b, -1))
+        mask = flow_block_mask(lay, u, n, sink_units, window_units).to(x.device)[None, None]
+        ctx = KeyContext(*(bb.empty_kv(b),) * 2, torch.zeros(b, dtype=torch.int64, device=x.device), unit_k, unit_v,
+                         mask)
+        x, _, _ = bb.run_layers(x.reshape(b, u * n, -1), cos, sin, ctx)
+        h = bb.norm(x).view(b * u, n, -1)
+        v_video = unpatchify(self.video_head(h[:, a:]), p.video_out_patch, p.video_z, p.latent_height, p.latent_width)
+        return (self.audio_head(h[:, :a]).float().view(b, u, a, -1),
+                v_video.float().view(b, u, *v_video.shape[1:]))
 
 
 def _init_weights(module: nn.Module) -> None:

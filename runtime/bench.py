@@ -39,7 +39,7 @@ def reset_peak_rss() -> bool:
 
 def bench_mode(directory: str | Path, mode: str, units: list[tuple[np.ndarray, np.ndarray]], seed: int = 0,
                threads: int | None = 1, warmup: int = 2, nvtx: bool = False, device: str | None = None,
-               performer_device: str | None = None) -> dict:
+               performer_device: str | None = None, trust: str | Path | None = None) -> dict:
     """Stream `units` through a fresh session of kind `mode` (a host-path mode or a device placement,
     runtime/open_session.py); the first `warmup` units are not counted. Returns the metrics, the bytes
     per unit and direction, the spans and the outputs (tokens, audio) for comparing modes."""
@@ -47,9 +47,9 @@ def bench_mode(directory: str | Path, mode: str, units: list[tuple[np.ndarray, n
     from .open_session import open_session
 
     peak_reset = reset_peak_rss()
-    manifest = read_manifest(directory)
+    manifest = read_manifest(directory, trust=trust)
     with open_session(directory, mode, manifest, seed=seed, threads=threads, nvtx=nvtx, device=device,
-                      performer_device=performer_device) as session:
+                      performer_device=performer_device, trust=trust) as session:
         unit_ms = session.spec.unit_ms
         done, latency, tokens, audio = [], [], [], []
         handed_in: dict[int, float] = {}

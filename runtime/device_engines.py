@@ -158,13 +158,15 @@ class TrtDeviceEngine(DeviceEngine):
 
 
 def load_device_engines(directory: str | Path, device: Device, stages: list[str] | None = None,
-                        threads: int | None = None, manifest: dict | None = None) -> tuple[dict, dict[str, DeviceEngine]]:
-    """(manifest, {stage: DeviceEngine}) of an engine directory, for tensors on `device`."""
+                        threads: int | None = None, manifest: dict | None = None,
+                        trust: str | Path | None = None) -> tuple[dict, dict[str, DeviceEngine]]:
+    """(manifest, {stage: DeviceEngine}) of an engine directory, for tensors on `device` (its manifest
+    checked here, with its signature against `trust` where given, unless the caller checked it)."""
     from .engines import installed_versions
     from .manifest import read_manifest, stage_io
 
     directory = Path(directory)
-    manifest = manifest or read_manifest(directory, installed_versions=installed_versions())
+    manifest = manifest or read_manifest(directory, installed_versions=installed_versions(), trust=trust)
     backend, target = manifest["backend"], manifest["target"]["device"]
     if target == "cuda" and not device.cuda:
         raise ManifestError(f"{directory} holds {backend} engines for a CUDA GPU; the device path here is {device}")

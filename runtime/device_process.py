@@ -45,7 +45,8 @@ class ProcessDevicePerformer(PerformerProcess):
     capturable = True  # its graphs are captured in its own process
 
     def __init__(self, directory: str | Path, spec: SimpleNamespace, seed: int, log: SpanLog, ledger: TransferLedger,
-                 device: Device, stream, threads: int | None = None, timeout_s: float | None = None) -> None:
+                 device: Device, stream, threads: int | None = None, timeout_s: float | None = None,
+                 trust: str | Path | None = None) -> None:
         self.log, self.ledger, self.device, self.stream = log, ledger, device, stream
         self.notes: list[str] = []
         if device.cuda and not mps_running():
@@ -55,7 +56,7 @@ class ProcessDevicePerformer(PerformerProcess):
             warnings.warn(note, RuntimeWarning, stacklevel=3)
         self.slots = Exchange.create(exchange_layout(spec), device)  # `slots`: PerformerProcess.close frees it
         config = {"directory": str(Path(directory).resolve()), "exchange": self.slots.handle, "seed": seed,
-                  "threads": threads, "device": str(device)}
+                  "threads": threads, "device": str(device), "trust": str(trust) if trust else None}
         warm_ms = self._start("runtime.device_process", config, timeout_s)
         self.timeout_s = timeout_s or max(2.0, 10 * warm_ms / 1000.0)
         self._unit = -1
@@ -107,7 +108,8 @@ def device_performer_main(cfg: dict, conn: Connection) -> None:
         from .spec import unit_spec
 
         device = Device(cfg["device"])
-        manifest, engines = load_device_engines(cfg["directory"], device, ["flow_step"], cfg["threads"])
+        manifest, engines = load_device_engines(cfg["directory"], device, ["flow_step"], cfg["threads"],
+                                                trust=cfg.get("trust"))
         spec = unit_spec(manifest)
         exchange = Exchange.attach(cfg["exchange"], exchange_layout(spec))
         ledger, stream = TransferLedger(), device.stream(high_priority=True)

@@ -46,12 +46,14 @@ class DeviceSession(StreamOrder):
     device: the thinker's device ("cuda:0", or "cpu" for the CPU twin); performer_device: the
     performer's (two-gpu: default cuda:1); graphs: capture each phase as a CUDA graph (default: on a
     GPU when every engine is capturable); engines: (manifest, {stage: DeviceEngine}, initial_state)
-    given directly instead of a directory (torch stage modules in process, e.g. bench/gpu_check.py)."""
+    given directly instead of a directory (torch stage modules in process, e.g. bench/gpu_check.py);
+    trust: a public key the directory must be signed with (checked by every process that loads it)."""
 
     def __init__(self, directory: str | Path | None = None, placement: str = "one-gpu", device: str = "cuda",
                  performer_device: str | None = None, seed: int = 0, expect_preset: str | None = None,
                  threads: int | None = None, graphs: bool | None = None, performer_timeout_s: float | None = None,
-                 engines: tuple[dict, dict, dict] | None = None, nvtx: bool = False) -> None:
+                 engines: tuple[dict, dict, dict] | None = None, nvtx: bool = False,
+                 trust: str | Path | None = None) -> None:
         if placement not in PLACEMENTS:
             raise ValueError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
         self.placement, self.seed, self.device = placement, seed, Device(device)
@@ -63,7 +65,7 @@ class DeviceSession(StreamOrder):
             from .manifest import read_manifest
             from .engines import installed_versions
 
-            manifest = read_manifest(directory, expect_preset, installed_versions())
+            manifest = read_manifest(directory, expect_preset, installed_versions(), trust=trust)
             manifest, loaded = load_device_engines(directory, self.device, stages, threads, manifest)
             initial = load_initial_state(directory, manifest)
         self.manifest, self.spec = manifest, unit_spec(manifest)
@@ -72,7 +74,7 @@ class DeviceSession(StreamOrder):
         self.cache = DeviceKVCache(s, self.device, initial.get("kv_cache"))
         self.thinker = DeviceThinker(loaded, initial, s, self.device, self.ledger, self.cache, self.stream)
         self.performer = self._performer(placement, directory, loaded, initial, performer_device, threads,
-                                         performer_timeout_s)
+                                         performer_timeout_s, trust)
         capturable = self.thinker.capturable and getattr(self.performer, "capturable", True)
         self.graphs = self.device.cuda and capturable if graphs is None else graphs
         if self.graphs:
@@ -89,7 +91,7 @@ class DeviceSession(StreamOrder):
         self.delta_ready, self.out_ready = self.device.event(), self.device.event()
         self.unit_index, self.received, self.decoded = 0, -1, 0
 
-    def _performer(self, placement, directory, loaded, initial, performer_device, threads, timeout_s):
+    def _performer(self, placement, directory, loaded, initial, performer_device, threads, timeout_s, trust):
         s = self.spec
         if placement == "one-gpu":
             return SharedCachePerformer(loaded["flow_step"], s, self.device, self.cache, self.ledger, self.seed)
@@ -104,7 +106,7 @@ class DeviceSession(StreamOrder):
         from .device_process import ProcessDevicePerformer
 
         return ProcessDevicePerformer(directory, s, self.seed, self.log, self.ledger, self.device, self.stream,
-                                      threads=threads, timeout_s=timeout_s)
+                                      threads=threads, timeout_s=timeout_s, trust=trust)
 
     def step(self, audio: np.ndarray, frames: np.ndarray, text_in: np.ndarray | None = None) -> UnitResult:
         """One unit of user input -> the model's text for unit k and the audio/frames of unit k - 1 (None

@@ -73,11 +73,12 @@ def installed_versions() -> dict[str, str | None]:
 
 
 def load_engines(directory: str | Path, expect_preset: str | None = None, threads: int | None = None,
-                 stages: list[str] | None = None) -> tuple[dict, dict[str, Engine]]:
+                 stages: list[str] | None = None, trust: str | Path | None = None) -> tuple[dict, dict[str, Engine]]:
     """(manifest, {stage: Engine}) of an engine directory (all stages, or those named), after checking
-    its manifest. `threads`: CPU threads per ONNX Runtime engine (default: onnxruntime's choice)."""
+    its manifest (and its signature against the public key `trust`, where given). `threads`: CPU threads
+    per ONNX Runtime engine (default: onnxruntime's choice)."""
     directory = Path(directory)
-    manifest = read_manifest(directory, expect_preset, installed_versions())
+    manifest = read_manifest(directory, expect_preset, installed_versions(), trust=trust)
     if manifest["target"]["device"] == "cuda":
         raise ManifestError(f"{directory} holds {manifest['backend']} engines for a CUDA GPU: they run on the device "
                             f"path, with the cache and codec states resident there (runtime/device_session.py, "

@@ -29,7 +29,8 @@ def default_device(manifest: dict) -> str:
 
 def open_session(directory: str | Path, how: str, manifest: dict, seed: int = 0, threads: int | None = None,
                  performer_timeout_s: float | None = None, device: str | None = None,
-                 performer_device: str | None = None, expect_preset: str | None = None, nvtx: bool = False):
+                 performer_device: str | None = None, expect_preset: str | None = None, nvtx: bool = False,
+                 trust: str | Path | None = None):
     """A session of kind `how` on the engines of `directory` (its checked `manifest`)."""
     if how not in HOWS:
         raise ValueError(f"expected one of {list(HOWS)}, got {how!r}")
@@ -38,11 +39,11 @@ def open_session(directory: str | Path, how: str, manifest: dict, seed: int = 0,
             raise ManifestError(f"{directory} holds engines for a CUDA GPU: they run with their state on the device "
                                 f"(--placement one-gpu | two-gpu | two-process), not on the host path ({how})")
         return EngineSession(directory, seed=seed, expect_preset=expect_preset, threads=threads, mode=how,
-                             performer_timeout_s=performer_timeout_s, nvtx=nvtx)
+                             performer_timeout_s=performer_timeout_s, nvtx=nvtx, trust=trust)
     from .device_session import DeviceSession
     from .session import check_worker_options
 
     check_worker_options(threads, performer_timeout_s)
     return DeviceSession(directory, placement=how, device=device or default_device(manifest),
                          performer_device=performer_device, seed=seed, expect_preset=expect_preset,
-                         threads=threads, performer_timeout_s=performer_timeout_s, nvtx=nvtx)
+                         threads=threads, performer_timeout_s=performer_timeout_s, nvtx=nvtx, trust=trust)

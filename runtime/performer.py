@@ -71,11 +71,12 @@ class PerformerProcess:
     """The thinker's handle on a performer process for the engines in `directory`."""
 
     def __init__(self, directory: str | Path, spec: SimpleNamespace, seed: int, log: SpanLog,
-                 threads: int | None = 1, core: int | None = None, timeout_s: float | None = None) -> None:
+                 threads: int | None = 1, core: int | None = None, timeout_s: float | None = None,
+                 trust: str | Path | None = None) -> None:
         self.log = log
         self.slots = SharedSlots.create(exchange_layout(spec), n_slots=2)
         config = {"directory": str(Path(directory).resolve()), "shm": self.slots.name, "seed": seed,
-                  "threads": threads, "core": core}
+                  "threads": threads, "core": core, "trust": str(trust) if trust else None}
         warm_ms = self._start("runtime.performer", config, timeout_s)
         # a hang: no result within `timeout_s`, by default 10x a warm solve (at least 2 s)
         self.timeout_s = timeout_s or max(2.0, 10 * spec.flow_steps * warm_ms / 1000.0)
@@ -168,7 +169,7 @@ class PerformerProcess:
 
 
 def performer_main(directory: str, shm_name: str, conn: Connection, seed: int, threads: int | None,
-                   core: int | None) -> None:
+                   core: int | None, trust: str | None = None) -> None:
     """The performer process: load flow_step, then per UNIT message append + solve + answer RESULT."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the thinker, which stops us
     if core is not None:
@@ -178,7 +179,7 @@ def performer_main(directory: str, shm_name: str, conn: Connection, seed: int, t
         from .engines import load_engines
         from .spec import unit_spec
 
-        manifest, engines = load_engines(directory, threads=threads, stages=["flow_step"])
+        manifest, engines = load_engines(directory, threads=threads, stages=["flow_step"], trust=trust)
         spec = unit_spec(manifest)
         slots = SharedSlots.attach(shm_name, exchange_layout(spec), n_slots=2)
         cache = KVBuffers(spec)
@@ -212,4 +213,4 @@ def performer_main(directory: str, shm_name: str, conn: Connection, seed: int, t
 if __name__ == "__main__":  # started by PerformerProcess with its JSON config
     cfg = json.loads(sys.argv[1])
     performer_main(cfg["directory"], cfg["shm"], Connection(cfg["fd"]), cfg["seed"], cfg["threads"],
-                   cfg["core"])
+                   cfg["core"], cfg.get("trust"))

@@ -91,18 +91,19 @@ class EngineSession(StreamOrder):
 
     threads: CPU threads per engine (ORT); performer_core: CPU core the performer is pinned to (default:
     a core no other session holds, when threads == 1); performer_timeout_s: seconds without a result
-    before it counts as hung (10x that for start-up). CPU engines only: GPU engines run on the device
-    path (runtime/device_session.py)."""
+    before it counts as hung (10x that for start-up); trust: a public key the directory must be signed
+    with (checked here and again by the performer as it loads). CPU engines only: GPU engines run on
+    the device path (runtime/device_session.py)."""
 
     def __init__(self, directory: str | Path, seed: int = 0, expect_preset: str | None = None,
                  threads: int | None = None, mode: str = "sequential", performer_timeout_s: float | None = None,
-                 performer_core: int | None = None, nvtx: bool = False) -> None:
+                 performer_core: int | None = None, nvtx: bool = False, trust: str | Path | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         check_worker_options(threads, performer_timeout_s)
         thinker_stages = ["audio_enc", "video_enc", "thinker_step", "audio_dec", "video_dec"]
         stages = thinker_stages + (["flow_step"] if mode == "sequential" else [])
-        manifest, engines = load_engines(directory, expect_preset, threads, stages=stages)
+        manifest, engines = load_engines(directory, expect_preset, threads, stages=stages, trust=trust)
         self._start(manifest, engines, load_initial_state(directory, manifest), seed, nvtx)
         self.mode = mode
         if mode == "sequential":
@@ -112,7 +113,7 @@ class EngineSession(StreamOrder):
                 self._core = claim_core()  # a core no other live session's performer has
                 performer_core = self._core.core
             self.performer = PerformerProcess(directory, self.spec, seed, self.log, threads, performer_core,
-                                              timeout_s=performer_timeout_s)
+                                              timeout_s=performer_timeout_s, trust=trust)
 
     @classmethod
     def in_process(cls, manifest: dict, engines: dict, initial_state: dict, seed: int = 0) -> "EngineSession":

@@ -43,12 +43,13 @@ def bench(args) -> int:
         raise ValueError(f"--json {args.json}: expected a file to write, got a folder")
     manifest = read_manifest(args.engines, trust=getattr(args, "trust", None))
     spec, modes = unit_spec(manifest), _modes(args, manifest)
-    units = read_input(args.input, spec, args.units + args.warmup, args.seed)
+    units = list(read_input(args.input, spec, args.units + args.warmup, args.seed, getattr(args, "fit", None)))
     results = []
     for mode in modes:
         console.print(f"bench: {mode}, {args.units} units (+{args.warmup} warm-up) of {spec.name} ...")
         results.append(bench_mode(args.engines, mode, units, args.seed, args.threads, args.warmup,
-                                  device=args.device, performer_device=args.performer_device))
+                                  device=args.device, performer_device=args.performer_device,
+                                  trust=getattr(args, "trust", None)))
     _print_table(args, spec, results)
     summary = {"engines": str(args.engines), "preset": spec.name, "threads": args.threads,
                "backend": manifest["backend"], "precision": manifest["precision"],
@@ -101,11 +102,11 @@ def profile(args) -> int:
 
     manifest = read_manifest(args.engines, trust=getattr(args, "trust", None))
     spec = unit_spec(manifest)
-    units = read_input(args.input, spec, args.units, args.seed)
+    units = list(read_input(args.input, spec, args.units, args.seed, getattr(args, "fit", None)))
     mode = args.placement or ("sequential" if args.sequential else default_how(manifest))
     nvtx = manifest["target"]["device"] == "cuda" or (args.device or "").startswith("cuda")
     result = bench_mode(args.engines, mode, units, args.seed, args.threads, warmup=min(2, len(units) - 1), nvtx=nvtx,
-                        device=args.device, performer_device=args.performer_device)
+                        device=args.device, performer_device=args.performer_device, trust=getattr(args, "trust", None))
     write_chrome_trace(result["spans"], args.out)
     console.print(f"wrote {args.out}: {len(result['spans'])} spans of {len(units)} units ({mode}"
                   f"{', with NVTX ranges' if nvtx else ''}); open it in ui.perfetto.dev or chrome://tracing")

@@ -47,8 +47,8 @@ def export(args, load_system) -> int:
     from runtime.manifest import sha256
 
     system = load_system(args.preset, args.weights, args.weights_seed)
-    weights = ({"file": str(args.weights.resolve()), "sha256": sha256(args.weights)} if args.weights
-               else {"seed": args.weights_seed})
+    weights = getattr(system, "weights_source", None) or (
+        {"file": str(args.weights.resolve()), "sha256": sha256(args.weights)} if args.weights else {"seed": args.weights_seed})
     manifest = _progress_build(
         f"exporting {system.preset.name} ({args.precision}, attention {args.attention or 'triton'})",
         lambda on_stage: build(system, args.out, "onnx", args.precision, weights, on_stage, "cpu", args.calibration,
@@ -69,4 +69,39 @@ def build_from_export(args) -> int:
     manifest = _progress_build(f"building {args.from_onnx} ({args.backend})",
                                lambda on_stage: build_from_onnx(args.from_onnx, args.out, args.backend, on_stage))
     console.print(f"wrote {len(manifest['stages'])} {args.backend} engines and manifest.json to {args.out}")
+    return 0
+
+
+def inspect(args) -> int:
+    """`streamer inspect`: the manifest as tables (precision and attention per stage), the signature's state."""
+    from rich.table import Table
+
+    from runtime.manifest import read_manifest
+    from runtime.signing import SIGNATURE
+
+    from .outputs import out
+
+    m = read_manifest(args.engines, trust=args.trust)
+    signed = (args.engines / SIGNATURE).is_file()
+    out.print(f"signature: {'verified with ' + str(args.trust) if args.trust else 'present, not checked (give --trust PUBKEY)' if signed else 'none'}")
+    kv = m.get("kv_cache", {}).get("dtype", "float32")
+    out.print(f"preset {m['preset']['name']}, backend {m['backend']} ({m['backend_library']}), precision "
+              f"{m['precision']}, attention {m.get('attention', 'torch')}, KV cache {kv}, target "
+              f"{m['target']['device']} {m['target']['machine']}")
+    out.print("versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))
+    out.print(f"weights: {m['weights']}")
+    table = Table(title="stages")
+    for col in ("stage", "file", "precision", "attention", "inputs", "outputs"):
+        table.add_column(col)
+    for stage, info in m["stages"].items():
+        fmt = lambda ts: "\n".join(f"{t['name']} {t['dtype']} {t['shape']}" for t in ts)
+        table.add_row(stage, info["file"], info.get("precision", m["precision"]), info.get("attention") or "-",
+                      fmt(info["inputs"]), fmt(info["outputs"]))
+    out.print(table)
+    files = Table(title="files")
+    files.add_column("file")
+    files.add_column("sha256")
+    for f, digest in m["files"].items():
+        files.add_row(f, digest)
+    out.print(files)
     return 0

@@ -4,13 +4,17 @@
     streamer presets   the presets' sizes and parameter counts
     streamer init-weights   a seeded random weights file for a preset (safetensors)
     streamer import-weights a weights file from local Qwen3 / Mimi / Wan2.1-VAE checkpoints
-    streamer build     every stage to ONNX -> engines + manifest.json
+    streamer build     every stage to ONNX -> engines + manifest.json (--sign KEY: signed)
+    streamer keygen    an Ed25519 key pair for signing engine directories (--trust PUBKEY checks them)
     streamer export    the checked ONNX of every stage + manifest (build the engines on the target GPU)
+    streamer plan      FLOPs, bytes, bus traffic, memory and a real-time verdict for a preset on a GPU
     streamer verify    every engine against the torch reference
     streamer inspect   what an engine directory holds
     streamer calibrate record every stage's real inputs over a stream (for --precision int8/fp8)
     streamer bench     sequential vs pipelined thinker-performer on engines: latency, throughput, memory
     streamer profile   a Chrome/Perfetto trace of every stage span of both workers
+    streamer train     the three training stages at tiny scale (codecs, backbone, distillation; torchrun-able)
+    streamer eval      task metrics of held-out synthetic conversations, torch or any engine directory
 
 Heavy imports (torch, model_src) happen inside the commands, so `streamer --help` is instant.
 """
@@ -20,31 +24,37 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from unitio.units import InputError
-
+from . import args as types
 from .build_cmds import add_build_options
-from .outputs import console, out, print_timings, read_input, write_outputs
+from .plan_cmds import add_plan_command
+from .train_cmds import add_parsers as add_train_commands
+from .errors import exit_code
+from .outputs import check_out_dir, console, out, print_timings, read_input, stream_session
+from .signals import Terminated
+from .trust_cmds import add_keygen_command, check_bench_outputs, check_key_first, sign_if_asked, trusted
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command -> exit code: 0 done, 1 verify failed, 2 refused (bad input or arguments, an output
+    that cannot be written), 3 performer failed, 130 Ctrl-C, 143 SIGTERM. Never a traceback for these."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse's refusals (exit 2, message printed) and --help/--version (exit 0)
+        return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return args.func(args) or 0
-    except (InputError, ValueError, FileNotFoundError) as e:  # user-facing errors (WeightsError, ManifestError,
-        # EngineInputError too): no traceback
-        console.print("[bold red]error:[/]", escape(str(e)))
-        return 2
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        return 130
+    except (Exception, KeyboardInterrupt, Terminated) as e:
+        code = exit_code(e)  # streamer/errors.py: the message and the code; None for a bug
+        if code is None:
+            raise
+        return code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,10 +68,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="torch (eager reference) or the engines' backend (default: torch, or the engines')")
     run.add_argument("--engines", type=Path, help="engine directory from `streamer build` (runs on the engines)")
     run.add_argument("--input", default="synthetic", help="'synthetic' or 'AUDIO.wav+VIDEO.mp4' (24 kHz mono, 25 fps)")
-    run.add_argument("--units", type=int, default=None, help="units of 160 ms to stream (default: 50 synthetic, all of a file)")
-    run.add_argument("--seed", type=int, default=0, help="seed of the synthetic input and the solver noise")
-    run.add_argument("--threads", type=int, default=None,
+    run.add_argument("--units", type=types.units, default=None, help="units of 160 ms to stream (default: 50 synthetic, all of a file)")
+    run.add_argument("--seed", type=types.seed, default=0, help="seed of the synthetic input and the solver noise")
+    run.add_argument("--threads", type=types.threads, default=None,
                      help="CPU threads: torch's, or per engine worker with --engines (default: the library's choice)")
+    types.add_fit_args(run)
+    types.add_trust_arg(run)
     _add_runtime_args(run)
     run.add_argument("--live", action="store_true", help="with --engines: pace to wall time, one unit per 160 ms")
     run.add_argument("--out", type=Path, required=True, help="output folder")
@@ -69,10 +81,13 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="sequential vs pipelined on engines: per-unit latency, throughput, memory")
     bench.add_argument("--engines", type=Path, required=True, help="engine directory")
-    bench.add_argument("--units", type=int, default=20, help="units counted (default 20)")
-    bench.add_argument("--warmup", type=int, default=2, help="units run first and not counted (default 2)")
-    bench.add_argument("--modes", default="sequential,pipelined", help="comma-separated (default both)")
-    bench.add_argument("--threads", type=int, default=1, help="CPU threads per engine worker (default 1)")
+    bench.add_argument("--units", type=types.int_in(2, types.MAX_UNITS), default=20, help="units counted (default 20)")
+    bench.add_argument("--warmup", type=types.int_in(0, 1000), default=2, help="units run first and not counted (default 2)")
+    bench.add_argument("--modes", default=None,
+                       help="comma-separated of sequential, pipelined (host path, CPU engines), one-gpu, two-gpu, "
+                            "two-process (device path) (default: sequential,pipelined on CPU engines, one-gpu on GPU ones)")
+    _add_placement_args(bench)
+    bench.add_argument("--threads", type=types.threads, default=1, help="CPU threads per engine worker (default 1)")
     bench.add_argument("--json", type=Path, help="write the numbers as JSON here")
     bench.add_argument("--timeline", type=Path, help="write a PNG timeline of both workers here")
     _add_input_args(bench)
@@ -80,9 +95,10 @@ def _parser() -> argparse.ArgumentParser:
 
     prof = sub.add_parser("profile", help="Chrome/Perfetto trace of the stage spans of both workers")
     prof.add_argument("--engines", type=Path, required=True, help="engine directory")
-    prof.add_argument("--units", type=int, default=10, help="units to stream (default 10)")
-    prof.add_argument("--threads", type=int, default=1, help="CPU threads per engine worker (default 1)")
+    prof.add_argument("--units", type=types.int_in(2, types.MAX_UNITS), default=10, help="units to stream (default 10)")
+    prof.add_argument("--threads", type=types.threads, default=1, help="CPU threads per engine worker (default 1)")
     prof.add_argument("--sequential", action="store_true", help="profile the sequential mode")
+    _add_placement_args(prof)
     prof.add_argument("--out", type=Path, required=True, help="trace JSON to write")
     _add_input_args(prof)
     prof.set_defaults(func=cmd_profile)
@@ -92,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init-weights", help="write seeded random weights for a preset")
     init.add_argument("--preset", default="tiny")
-    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--seed", type=types.seed, default=0)
     init.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     init.set_defaults(func=cmd_init_weights)
 
@@ -102,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--qwen3", type=Path, help="transformers Qwen3 checkpoint folder -> backbone")
     imp.add_argument("--mimi", type=Path, help="transformers Mimi checkpoint (file or folder) -> audio VAE convs")
     imp.add_argument("--wan-vae", type=Path, help="diffusers AutoencoderKLWan checkpoint (file or folder) -> video VAE")
-    imp.add_argument("--seed", type=int, default=0, help="seed of every part not imported")
+    imp.add_argument("--seed", type=types.seed, default=0, help="seed of every part not imported")
     imp.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     imp.set_defaults(func=cmd_import_weights)
 
@@ -114,8 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--from-onnx", type=Path, metavar="DIR",
                        help="build the engines of an ONNX export (`streamer export`) instead of exporting here")
     add_build_options(build)
+    build.add_argument("--sign", type=Path, metavar="KEY",
+                       help="sign the engine directory with this Ed25519 private key (`streamer keygen`)")
     build.add_argument("--out", type=Path, required=True, help="engine directory to write")
     build.set_defaults(func=cmd_build)
+
+    add_keygen_command(sub)
 
     exp = sub.add_parser("export", help="the checked ONNX of every stage + manifest, to build engines on the target GPU")
     _add_model_args(exp)
@@ -125,113 +145,154 @@ def _parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="check every engine against the torch reference")
     verify.add_argument("engines", type=Path, help="engine directory")
-    verify.add_argument("--units", type=int, default=3, help="streamed units per stage (default 3)")
+    verify.add_argument("--units", type=types.int_in(1, 1000), default=3, help="streamed units per stage (default 3)")
     verify.add_argument("--no-polygraphy", action="store_true", help="skip polygraphy's own comparison")
-    verify.add_argument("--session", type=int, default=0, metavar="N",
+    verify.add_argument("--session", type=types.int_in(0, types.MAX_UNITS), default=0, metavar="N",
                         help="also stream N synthetic units through engines and torch: token diff, audio/frames SNR")
-    verify.add_argument("--seed", type=int, default=0, help="seed of the inputs")
+    verify.add_argument("--seed", type=types.seed, default=0, help="seed of the inputs")
+    types.add_trust_arg(verify)
 
     cal = sub.add_parser("calibrate", help="record every stage's real inputs over a stream (for int8/fp8 builds)")
     _add_model_args(cal)
     cal.add_argument("--data", default="synthetic", help="'synthetic', 'AUDIO.wav+VIDEO.mp4', or a folder of NAME.wav + NAME.mp4 pairs")
-    cal.add_argument("--units", type=int, default=32, help="units of 160 ms to record (default 32)")
-    cal.add_argument("--seed", type=int, default=0, help="seed of the synthetic input and the solver noise")
+    cal.add_argument("--units", type=types.units, default=32, help="units of 160 ms to record (default 32)")
+    cal.add_argument("--seed", type=types.seed, default=0, help="seed of the synthetic input and the solver noise")
+    types.add_fit_args(cal)
     cal.add_argument("--out", type=Path, required=True, help="calibration .safetensors to write")
     cal.set_defaults(func=cmd_calibrate)
     verify.set_defaults(func=cmd_verify)
 
+    add_plan_command(sub)
+    add_train_commands(sub, _load_system)
+
     inspect = sub.add_parser("inspect", help="show what an engine directory holds")
     inspect.add_argument("engines", type=Path, help="engine directory")
+    types.add_trust_arg(inspect)
     inspect.set_defaults(func=cmd_inspect)
     return parser
 
 
 def _add_input_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", default="synthetic", help="'synthetic' or 'AUDIO.wav+VIDEO.mp4'")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic input and the solver noise")
+    parser.add_argument("--seed", type=types.seed, default=0, help="seed of the synthetic input and the solver noise")
+    types.add_fit_args(parser)
+    types.add_trust_arg(parser)
 
 
 def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sequential", action="store_true",
                         help="with --engines: one process, the reference order (default: thinker + performer pipelined)")
-    parser.add_argument("--performer-timeout", type=float, default=None,
+    parser.add_argument("--performer-timeout", type=types.seconds, default=None,
                         help="seconds without a result before the performer counts as hung (default: 10x a warm solve, >= 2 s)")
-    parser.add_argument("--performer-gpu", type=int, default=None,
-                        help="CUDA device of the performer process (default: the thinker's; two GPUs: 1)")
+    _add_placement_args(parser)
+
+
+def _add_placement_args(parser: argparse.ArgumentParser) -> None:
+    """--placement, --device, --performer-device: where the device path runs (engines for a GPU)."""
+    parser.add_argument("--placement", default=None, choices=["one-gpu", "two-gpu", "two-process"],
+                        help="the device path, state resident on the device: one-gpu (one process, two streams; "
+                             "default for GPU engines), two-gpu (performer on a second GPU), two-process "
+                             "(performer process on the same GPU, CUDA IPC; wants MPS)")
+    parser.add_argument("--device", default=None,
+                        help="the thinker's device for --placement (default cuda for GPU engines; cpu runs the "
+                             "device path's logic on CPU engines)")
+    parser.add_argument("--performer-device", default=None,
+                        help="the performer's device with --placement two-gpu (default cuda:1)")
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     """--preset, --weights, --weights-seed: which model (shared by run and build)."""
     parser.add_argument("--preset", default=None,
                         help="tiny | small | base | large (default: the weights' preset, else tiny)")
-    parser.add_argument("--weights", type=Path, help="safetensors weights (default: seeded random weights)")
-    parser.add_argument("--weights-seed", type=int, default=0, help="seed of random weights (without --weights)")
+    parser.add_argument("--weights", type=Path,
+                        help="safetensors weights (default: the trained weights shipped for tiny, else seeded random)")
+    parser.add_argument("--weights-seed", type=types.seed, default=None,
+                        help="seeded random weights instead (tiny's default is its shipped trained weights)")
 
 
-def _load_system(preset_name: str | None, weights: Path | None, seed: int):
+def _load_system(preset_name: str | None, weights: Path | None, seed: int | None):
+    """The model: --weights FILE, else --weights-seed N (random), else the preset's shipped trained weights
+    (tiny) or seed 0. Says which on the console; `system.weights_source` is what manifests record."""
     from model_src.config import get_preset
     from model_src.system import build_system
-    from model_src.weights import load_weights, read_preset
+    from model_src.weights import embedded_weights, load_weights, read_preset
+    from runtime.manifest import sha256
 
-    if weights is not None:
-        preset = read_preset(weights)
+    from .train_cmds import describe_weights
+
+    if weights is not None and seed is not None:
+        raise ValueError("--weights and --weights-seed exclude each other (a file, or seeded random weights)")
+    embedded = embedded_weights(preset_name or "tiny") if weights is None and seed is None else None
+    if weights is not None or embedded is not None:
+        path = weights if weights is not None else embedded
+        preset = read_preset(path)
         if preset_name is not None and preset_name != preset.name:
-            raise ValueError(f"weights file {weights} was made for preset {preset.name!r}, "
+            raise ValueError(f"weights file {path} was made for preset {preset.name!r}, "
                              f"but --preset {preset_name} was given")
-        system = build_system(preset, seed=seed)
-        load_weights(system, preset, weights)
-        return system
-    return build_system(get_preset(preset_name or "tiny"), seed=seed)
+        system = build_system(preset)
+        load_weights(system, preset, path)
+        system.weights_source = ({"embedded": preset.name, "sha256": sha256(path)} if weights is None
+                                 else {"file": str(Path(path).resolve()), "sha256": sha256(path)})
+    else:
+        system = build_system(get_preset(preset_name or "tiny"), seed=seed or 0)
+        system.weights_source = {"seed": seed or 0}
+    console.print(f"weights: {describe_weights(system.weights_source)}")
+    return system
 
 
 def cmd_run(args) -> int:
-    """`streamer run`: the torch reference session, or the engines of --engines (runtime/)."""
-    from rich.progress import Progress
-
+    """`streamer run`: the torch reference session, or the engines of --engines (runtime/). Outputs are
+    streamed to --out unit by unit (checked before the first unit)."""
     if args.engines is not None:
         from .engine_cmds import run_engines
 
+        _say_engine_weights(args)
         return run_engines(args)
     if args.backend not in (None, "torch"):
         raise ValueError(f"--backend {args.backend} needs --engines DIR (build them with `streamer build`)")
-    if args.live or args.sequential:
-        raise ValueError("--live and --sequential go with --engines (the torch reference is always sequential)")
+    if args.live or args.sequential or args.trust:
+        raise ValueError("--live, --sequential and --trust go with --engines (the torch reference is always "
+                         "sequential and loads no engines)")
+    check_out_dir(args.out)
     import torch
 
     from model_src.session import ReferenceSession
 
+    from model_src.config import get_preset
+    from model_src.weights import read_preset
+
     if args.threads:
         torch.set_num_threads(args.threads)
+    p = read_preset(args.weights) if args.weights else get_preset(args.preset or "tiny")
+    units = read_input(args.input, p, args.units, args.seed, args.fit)  # checked before the model is built
     system = _load_system(args.preset, args.weights, args.weights_seed)
-    session, p = ReferenceSession(system, seed=args.seed), system.preset
-    units = read_input(args.input, p, args.units, args.seed)
-    audio_out, frames_out, results = [], [], []
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task(f"streaming {len(units)} units ({p.name}, torch)", total=len(units))
-        for audio, frames in units:
-            r = session.step(audio, frames)
-            if r.audio is not None:
-                audio_out.append(r.audio)
-                frames_out.append(r.frames)
-            results.append(r)
-            bar.advance(task)
-    last_audio, last_frames = session.flush()
-    write_outputs(args.out, p, audio_out + [last_audio], frames_out + [last_frames], results)
-    from unitio.timing import summarize
-
-    print_timings(summarize([r.timings_ms for r in results]), p.unit_ms, len(results))
+    session = ReferenceSession(system, seed=args.seed)
+    stream = stream_session(session.step, session.flush, units, args.out, p, f"({p.name}, torch)")
+    print_timings(stream.timing_summary(), p.unit_ms, stream.units)
     return 0
 
 
-def cmd_bench(args) -> int:
-    from .engine_cmds import bench
+def _say_engine_weights(args) -> None:
+    """run/bench on engines: say which weights the engines were built from (their manifest's record)."""
+    from runtime.manifest import read_manifest
 
+    from .train_cmds import describe_weights
+
+    console.print(f"weights: {describe_weights(read_manifest(args.engines).get('weights', {}))} (built into {args.engines})")
+
+
+def cmd_bench(args) -> int:
+    from .bench_cmds import bench
+
+    check_bench_outputs(args)
+    _say_engine_weights(args)
     return bench(args)
 
 
 def cmd_profile(args) -> int:
-    from .engine_cmds import profile
+    from .bench_cmds import profile
 
+    check_bench_outputs(args)
     return profile(args)
 
 
@@ -268,15 +329,14 @@ def cmd_build(args) -> int:
     from rich.progress import Progress
 
     from export.build import build
-    from runtime.manifest import sha256
 
+    check_key_first(args)
     if args.from_onnx is not None:
         from .build_cmds import build_from_export
 
-        return build_from_export(args)
+        return build_from_export(args) or sign_if_asked(args)
     system = _load_system(args.preset, args.weights, args.weights_seed)
-    weights = ({"file": str(args.weights.resolve()), "sha256": sha256(args.weights)} if args.weights
-               else {"seed": args.weights_seed})
+    weights = system.weights_source  # {"embedded": name, "sha256"}, {"file", "sha256"} or {"seed"}
     with Progress(console=console) as bar:
         task = bar.add_task(f"building {system.preset.name} ({args.backend}, {args.precision})", total=6)
 
@@ -290,7 +350,7 @@ def cmd_build(args) -> int:
                          args.calibration, args.algorithm, args.attention, args.kv_cache)
         bar.update(task, completed=6, description="done")
     console.print(f"wrote {len(manifest['stages'])} {args.backend} engines and manifest.json to {args.out}")
-    return 0
+    return sign_if_asked(args)
 
 
 def cmd_export(args) -> int:
@@ -302,6 +362,7 @@ def cmd_export(args) -> int:
 def cmd_verify(args) -> int:
     from .quality_cmds import verify
 
+    trusted(args)
     return verify(args)
 
 
@@ -312,30 +373,9 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from runtime.manifest import read_manifest
+    from .build_cmds import inspect
 
-    m = read_manifest(args.engines)
-    kv = m.get("kv_cache", {}).get("dtype", "float32")
-    out.print(f"preset {m['preset']['name']}, backend {m['backend']} ({m['backend_library']}), precision "
-              f"{m['precision']}, attention {m.get('attention', 'torch')}, KV cache {kv}, target "
-              f"{m['target']['device']} {m['target']['machine']}")
-    out.print("versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))
-    out.print(f"weights: {m['weights']}")
-    table = Table(title="stages")
-    for col in ("stage", "file", "precision", "attention", "inputs", "outputs"):
-        table.add_column(col)
-    for stage, info in m["stages"].items():
-        fmt = lambda ts: "\n".join(f"{t['name']} {t['dtype']} {t['shape']}" for t in ts)
-        table.add_row(stage, info["file"], info.get("precision", m["precision"]), info.get("attention") or "-",
-                      fmt(info["inputs"]), fmt(info["outputs"]))
-    out.print(table)
-    files = Table(title="files")
-    files.add_column("file")
-    files.add_column("sha256")
-    for f, digest in m["files"].items():
-        files.add_row(f, digest)
-    out.print(files)
-    return 0
+    return inspect(args)
 
 
 def cmd_import_weights(args) -> int:

@@ -12,22 +12,27 @@ def verify(args) -> int:
 
     results = verify_stages(args.engines, units=args.units, polygraphy=not args.no_polygraphy)
     table = Table(title=f"{args.engines}: engines against the torch reference ({args.units} streamed units)")
-    for col in ("stage", "precision", "max abs", "max rel", "cosine", "tolerance", "tokens", "polygraphy", "result"):
+    for col in ("stage", "precision", "max abs", "max rel", "cosine", "tokens", "tolerance", "polygraphy", "result"):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for r in results:
-        quantized = r.cosine is not None
-        tokens = (f"{100 * r.tokens_equal_fraction:.0f}% equal" if r.tokens_equal_fraction is not None
-                  else "-" if quantized else "equal" if r.tokens_equal else "DIFFER")
-        table.add_row(r.stage, r.precision, f"{r.max_abs:.2e}", "-" if quantized else f"{r.max_rel:.2e}",
-                      f"{r.cosine:.5f}" if quantized else "-",
-                      f"cos >= {r.tolerance}" if quantized else f"rel <= {r.tolerance:.0e}", tokens,
-                      {None: "-", True: "agrees", False: "DIFFERS"}[r.polygraphy], "[green]ok[/]" if r.ok else "[red]FAIL[/]")
+        tokens = "-" if r.tokens_equal_fraction is None else f"{100 * r.tokens_equal_fraction:.0f}% equal"
+        limit = (f"rel <= {r.limit.max_rel:.0e}" if r.limit.max_rel is not None else f"cos >= {r.limit.min_cosine}") \
+            + (f", tokens >= {100 * r.limit.min_tokens:.0f}%" if r.tokens_equal_fraction is not None else "")
+        table.add_row(r.stage, r.precision, f"{r.max_abs:.2e}", "-" if r.max_rel != r.max_rel else f"{r.max_rel:.2e}",
+                      f"{r.cosine:.5f}", tokens, limit, {None: "-", True: "agrees", False: "DIFFERS"}[r.polygraphy],
+                      "[green]ok[/]" if r.ok else "[red]FAIL[/]")
     out.print(table)
+    for precision, limit in sorted({(r.precision, r.limit) for r in results}, key=lambda x: x[0]):
+        out.print(f"[dim]{precision}: {limit.reason}[/]")
     if args.session:
         d = session_against_torch(args.engines, args.session, args.seed)
+        snr_floor = min(r.limit.min_snr_db for r in results)
         out.print(f"session of {d.units} units against torch fp32: text tokens differ {d.tokens_differ}/"
-                  f"{d.tokens_total}, SNR of the latents {d.latents_snr_db:.1f} dB, audio {d.audio_snr_db:.1f} dB, "
-                  f"frames {d.frames_snr_db:.1f} dB")
+                  f"{d.tokens_total}, SNR of the latents {d.latents_snr_db:.1f} dB (>= {snr_floor:.0f} dB accepted), "
+                  f"audio {d.audio_snr_db:.1f} dB, frames {d.frames_snr_db:.1f} dB")
+        if d.latents_snr_db < snr_floor:
+            console.print(f"[bold red]verify failed:[/] session latents SNR {d.latents_snr_db:.1f} dB < {snr_floor:.0f} dB")
+            return 1
     failed = [r.stage for r in results if not r.ok]
     if failed:
         console.print(f"[bold red]verify failed:[/] {', '.join(failed)}")
@@ -41,9 +46,13 @@ def session_against_torch(engines, n_units: int, seed: int):
     from calibration.accuracy import session_diff
     from calibration.torch_engines import torch_parts
     from export.verify import reference_system
+    from runtime.manifest import read_manifest
+    from runtime.open_session import default_how, open_session
     from runtime.session import EngineSession
 
-    with EngineSession(engines, seed=seed) as session:
+    manifest = read_manifest(engines)
+    how = "sequential" if default_how(manifest) == "pipelined" else default_how(manifest)  # GPU: the device path
+    with open_session(engines, how, manifest, seed=seed) as session:
         system = reference_system(session.manifest)
         units = read_input("synthetic", session.spec, n_units, seed)
         reference = EngineSession.in_process(*torch_parts(system), seed=seed)
@@ -56,12 +65,16 @@ def calibrate(args, load_system) -> int:
 
     from calibration.record import record
 
+    from runtime.manifest import sha256
+
     system = load_system(args.preset, args.weights, args.weights_seed)
-    units = read_input(args.data, system.preset, args.units, args.seed)
+    units = read_input(args.data, system.preset, args.units, args.seed, args.fit)
+    weights = getattr(system, "weights_source", None) or (
+        {"file": str(args.weights.resolve()), "sha256": sha256(args.weights)} if args.weights else {"seed": args.weights_seed})
     with Progress(console=console) as bar:
         task = bar.add_task(f"recording {len(units)} units ({system.preset.name})", total=len(units))
         path = record(system, units, args.seed, args.out, source=args.data,
-                      on_unit=lambda k: bar.advance(task))
+                      on_unit=lambda k: bar.advance(task), weights=weights)
     console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): the inputs of every stage over "
                   f"{len(units)} units")
     return 0

@@ -17,6 +17,8 @@ ALLOWED = {
     # export's build and verify use calibration's quantized modules and metrics
     "calibration": {"unitio", "kernels", "model_src", "runtime", "export.stages"},
     "export": {"unitio", "kernels", "model_src", "runtime", "calibration"},
+    # training (issue 14): the conversation and its metrics are numpy only; the trainer uses model_src
+    "training": {"unitio", "kernels", "model_src", "runtime", "export", "calibration"},
     "streamer": {"unitio", "kernels", "model_src", "runtime", "export", "calibration", "planning", "training"},
 }
 

@@ -1,0 +1,182 @@
+"""`streamer train` (the three training stages, training/trainer.py) and `streamer eval` (task metrics of
+held-out synthetic conversations through the torch reference or any engine directory).
+
+`eval --engines` runs on the torch-free runtime: this module imports only numpy and rich at the top, and
+the conversation and its metrics are numpy only."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.table import Table
+
+from .outputs import console, out
+
+
+def add_parsers(sub, load_system) -> None:
+    """Register `train` and `eval`; `load_system(preset, weights, seed)` is the CLI's model loader."""
+    train = sub.add_parser("train", help="train the tiny model: codecs (a), backbone (b), distillation (c)")
+    train.add_argument("--stage", default="all", choices=["a", "b", "c", "all"], help="which stage (default: all three)")
+    train.add_argument("--out", type=Path, required=True, help="folder for checkpoints, weights and loss curves")
+    train.add_argument("--init", type=Path, help="weights to start from (default: the previous stage's output in --out; "
+                                                  "stage a: seeded random)")
+    train.add_argument("--resume", action="store_true", help="continue each stage from its checkpoint in --out")
+    train.add_argument("--steps", type=int, help="steps of the stage (default per stage: a 1000 video steps (+ --audio-steps), b 500, c 80 over the distillation rounds)")
+    train.add_argument("--batch", type=int, help="global batch, split over torchrun's processes")
+    train.add_argument("--lr", type=float, help="peak learning rate")
+    train.add_argument("--conversations", type=int, help="training conversations of stages b/c (default 64)")
+    train.add_argument("--units", type=int, help="units per training conversation (default 32)")
+    train.add_argument("--codecs", default="audio,video", help="stage a: which codecs to train (default audio,video)")
+    train.add_argument("--audio-steps", type=int, help="stage a: steps of the audio loop (default 1500)")
+    train.add_argument("--reinit", action="store_true", help="stage a with --init: restart the trained codecs from seeded weights")
+    train.add_argument("--seed", type=int, default=0, help="seed of the batches and of every random draw")
+    train.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default 1)")
+    train.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 100)")
+    train.set_defaults(func=train_command)
+
+    ev = sub.add_parser("eval", help="task metrics of held-out synthetic conversations (torch or engines)")
+    ev.add_argument("--weights", type=Path, help="torch reference with these weights (default: the embedded tiny)")
+    ev.add_argument("--weights-seed", type=int, default=None, help="torch reference with seeded random weights")
+    ev.add_argument("--engines", type=Path, help="an engine directory (runtime, no torch)")
+    ev.add_argument("--steps", type=int, help="torch only: flow solver steps (default: the weights' flow_steps)")
+    ev.add_argument("--units", type=int, default=48, help="units per conversation (default 48)")
+    ev.add_argument("--seed", type=int, default=None, help="first held-out conversation (default 100000)")
+    ev.add_argument("--conversations", type=int, default=8, help="conversations, seeds SEED.. (default 8)")
+    ev.add_argument("--threads", type=int, default=None, help="CPU threads (torch, or per engine)")
+    ev.add_argument("--json", type=Path, help="write the metrics here as JSON")
+    ev.set_defaults(func=eval_command, load_system=load_system)
+
+
+def train_command(args) -> int:
+    from dataclasses import replace
+
+    import torch
+
+    from training.trainer import DEFAULTS, init_world, stage_a, stage_b, stage_c
+
+    # one thread per process by default: on shared or busy cores, two OpenMP threads that wait on each
+    # other were measured 5-30x slower per step than one (docs/decisions.md)
+    torch.set_num_threads(args.threads or 1)
+    world = init_world()
+    args.out.mkdir(parents=True, exist_ok=True)
+    stages = ["a", "b", "c"] if args.stage == "all" else [args.stage]
+    if args.init is not None and len(stages) > 1:
+        raise ValueError("--init goes with one --stage (each later stage starts from the one before)")
+    for name, value in (("steps", args.steps), ("batch", args.batch), ("conversations", args.conversations),
+                        ("units", args.units)):
+        if value is not None and value < 1:
+            raise ValueError(f"--{name}: expected a positive number, got {value}")
+    if args.batch is not None and args.batch % world.size:
+        raise ValueError(f"--batch {args.batch} must be a multiple of the {world.size} processes")
+    times = {}
+    for stage in stages:
+        cfg = DEFAULTS[stage]
+        changes = {k: getattr(args, k) for k in ("steps", "batch", "lr", "conversations", "units") if getattr(args, k) is not None}
+        if args.checkpoint_every:
+            changes["checkpoint_every"] = args.checkpoint_every
+        if stage == "a":
+            codecs = tuple(c for c in args.codecs.split(",") if c)
+            if not codecs or set(codecs) - {"audio", "video"}:
+                raise ValueError(f"--codecs: expected audio, video or audio,video, got {args.codecs!r}")
+            changes.update(codecs=codecs, reinit=args.reinit)
+            if args.audio_steps is not None:
+                changes["audio_steps"] = args.audio_steps
+        cfg = replace(cfg, seed=args.seed, **changes)
+        if cfg.batch % world.size:
+            raise ValueError(f"batch {cfg.batch} must be a multiple of the {world.size} processes")
+        t0 = time.perf_counter()
+        run = {"a": stage_a, "b": stage_b, "c": stage_c}[stage]
+        run(args.out, cfg, world, args.resume, args.init)
+        times[stage] = time.perf_counter() - t0
+    if world.main:
+        console.print("training time: " + ", ".join(f"stage {s} {t / 60:.1f} min" for s, t in times.items())
+                      + f" ({world.size} process{'es' if world.size > 1 else ''})")
+        (args.out / f"times_{'_'.join(stages)}.json").write_text(json.dumps(times))
+    if world.size > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0
+
+
+def eval_command(args) -> int:
+    from rich.progress import Progress
+
+    from training.data import HELD_OUT_SEED
+    from training.metrics import THRESHOLDS, evaluate
+
+    if args.engines is not None and (args.weights is not None or args.weights_seed is not None or args.steps):
+        raise ValueError("--engines runs the engines' own weights and solver steps: drop --weights/--weights-seed/--steps")
+    if args.units < 8 or args.conversations < 1:
+        raise ValueError(f"eval: expected --units >= 8 and --conversations >= 1, got {args.units} and {args.conversations}")
+    first = HELD_OUT_SEED if args.seed is None else args.seed
+    seeds = range(first, first + args.conversations)
+    if args.engines is not None:
+        from runtime.manifest import read_manifest
+        from runtime.session import EngineSession
+        from runtime.spec import unit_spec
+
+        manifest = read_manifest(args.engines)
+        spec, label = unit_spec(manifest), f"engines {args.engines} ({manifest['backend']}, {manifest['precision']})"
+        weights = f"weights {describe_weights(manifest['weights'])}, {spec.flow_steps} solver steps"
+        make = lambda seed: EngineSession(args.engines, seed=seed, threads=args.threads, mode="sequential")
+    else:
+        import torch
+
+        from model_src.session import ReferenceSession
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        system = args.load_system(None, args.weights, args.weights_seed)
+        if args.steps is not None:
+            if args.steps < 1:
+                raise ValueError(f"--steps: expected >= 1, got {args.steps}")
+            system.preset = system.preset.replace(flow_steps=args.steps)
+        spec, label = system.preset, "torch fp32"
+        weights = f"weights {describe_weights(system.weights_source)}, {spec.flow_steps} solver steps"
+        make = lambda seed: ReferenceSession(system, seed=seed)
+    console.print(f"eval: {label}; {weights}; conversations {first}..{first + args.conversations - 1} of {args.units} units")
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("streaming held-out conversations", total=args.conversations * args.units)
+        m = evaluate(make, spec, seeds, args.units, on_unit=lambda: bar.advance(task))
+    print_metrics(m, f"{label}: task metrics of {args.conversations} held-out conversations")
+    if args.json:
+        args.json.write_text(json.dumps({"label": label, "weights": weights, "seeds": list(seeds), "units": args.units,
+                                         "metrics": m}, indent=1))
+    misses = [k for k in ("task",) if m[k] < THRESHOLDS[k]]
+    if misses:
+        console.print(f"below the shipped weights' threshold: task {m['task']:.3f} < {THRESHOLDS['task']}")
+    return 0
+
+
+METRIC_ROWS = [("task", "task score (mean of the five below)", "{:.3f}"), ("text", "text: answer + silence tokens", "{:.3f}"),
+               ("tone", "tone: right answer frequency", "{:.3f}"), ("face", "face: right colour", "{:.3f}"),
+               ("turn", "turn-taking (balanced accuracy)", "{:.3f}"), ("sync", "face/audio sync (correlation)", "{:.3f}"),
+               ("sync_answer", "  sync within answers", "{:.3f}"), ("semitone_error", "  median tone error (semitones)", "{:.2f}"),
+               ("barge_in_units", "barge-in -> silence (units)", "{:.2f}"), ("overlap", "both speak (fraction of units)", "{:.3f}"),
+               ("answer_latency_units", "question end -> answer (units)", "{:.2f}"), ("answered", "questions answered", "{:.3f}")]
+
+
+def print_metrics(m: dict, title: str) -> None:
+    from training.metrics import THRESHOLDS
+
+    table = Table(title=title)
+    for col in ("metric", "value", "threshold"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for key, name, fmt in METRIC_ROWS:
+        limit = THRESHOLDS.get(key)
+        rule = "" if limit is None else (f"<= {limit:g}" if key in ("barge_in_units", "overlap") else f">= {limit:g}")
+        table.add_row(name, fmt.format(m[key]), rule)
+    out.print(table)
+
+
+def describe_weights(source: dict) -> str:
+    """A manifest's / system's weights record in words."""
+    if "embedded" in source:
+        return f"embedded trained {source['embedded']} (sha256 {source['sha256'][:12]})"
+    if "file" in source:
+        return f"{source['file']} (sha256 {source.get('sha256', '?')[:12]})"
+    if "seed" in source:
+        return f"random, seed {source['seed']}"
+    return "unrecorded"

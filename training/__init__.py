@@ -1,0 +1,1 @@
+"""Training at tiny scale: the synthetic conversation, its metrics (numpy only), and the three stages."""

@@ -1,0 +1,104 @@
+"""Stage b (LM + flow matching, teacher-forced, block-causal) and stage c (progressive distillation) losses.
+
+Both run the model offline on whole conversations with `AVModel.units_offline` (the unit tokens under
+the block-causal, ring-windowed mask) and `AVModel.flow_offline` (every unit's flow block against what
+the streaming cache holds at its solve): tests/test_training.py holds that this equals the streaming
+thinker_step + flow_step, so what is trained is what streams.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def teacher_forced_inputs(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The unit inputs of a batch of encoded conversations: the user's latents in, the target answer's
+    previous-unit latents as audio_prev / video_prev (zeros before unit 0, as a session starts), no user text."""
+    p = model.preset
+    b, u = batch["text"].shape[:2]
+    shift = lambda x: torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+    return {"text_in": torch.full((b, u, p.text_in_tokens), p.text_pad_id, dtype=torch.int64),
+            "video_in": batch["video_in"], "audio_in": batch["audio_in"],
+            "audio_prev": shift(batch["audio_out"]), "video_prev": shift(batch["video_out"]), "text_out": batch["text"]}
+
+
+def _window(model) -> dict[str, int]:
+    return {"sink_units": model.preset.sink_units, "window_units": model.preset.window_units}
+
+
+class BackboneLoss(nn.Module):
+    """Stage b: cross-entropy of text_out (greedy decoding's targets) + rectified-flow matching of the
+    answer's latents, each unit's flow block at its own random time t (audio and video terms averaged
+    separately and summed, as `model_src.flow.flow_matching_loss`)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, noise_audio, noise_video, t):
+        m = self.model
+        _, logits, ks, vs = m.units_offline(**teacher_forced_inputs(m, batch), **_window(m))
+        lm = F.cross_entropy(logits.flatten(0, 2), batch["text"].flatten())
+        ta, tv = t[..., None, None], t[..., None, None, None]
+        a, v = batch["audio_out"], batch["video_out"]
+        va, vv = m.flow_offline((1 - ta) * noise_audio + ta * a, (1 - tv) * noise_video + tv * v, t, ks, vs, **_window(m))
+        flow = F.mse_loss(va, a - noise_audio) + F.mse_loss(vv, v - noise_video)
+        return lm + flow, {"lm": lm.detach(), "flow": flow.detach()}
+
+
+class DistillLoss(nn.Module):
+    """Stage c, progressive distillation (Salimans & Ho, "Progressive Distillation for Fast Sampling of
+    Diffusion Models", ICLR 2022) in the rectified-flow / Euler parametrization: one student Euler step
+    of size 1/N from x_t must land where two teacher Euler steps of size 1/(2N) land. x_t is drawn from
+    the forward process at the student's grid times t = i/N (under flow matching its marginals are the
+    ODE's). The student also keeps the teacher-forced LM loss: the backbone is shared with the text."""
+
+    def __init__(self, student, teacher, student_steps: int) -> None:
+        super().__init__()
+        self.model, self.teacher, self.n = student, teacher, student_steps
+        for p_ in teacher.parameters():
+            p_.requires_grad_(False)
+
+    def forward(self, batch, noise_audio, noise_video, grid):
+        s, tch, n = self.model, self.teacher, self.n
+        t = grid.float() / n  # [B, U] on the student's grid
+        ta, tv = t[..., None, None], t[..., None, None, None]
+        xa = (1 - ta) * noise_audio + ta * batch["audio_out"]
+        xv = (1 - tv) * noise_video + tv * batch["video_out"]
+        inputs = teacher_forced_inputs(s, batch)
+        half = 0.5 / n
+        with torch.no_grad():
+            _, _, tk, tvv = tch.units_offline(**inputs, **_window(tch))
+            va, vv = tch.flow_offline(xa, xv, t, tk, tvv, **_window(tch))
+            ya, yv = xa + half * va, xv + half * vv
+            va2, vv2 = tch.flow_offline(ya, yv, t + half, tk, tvv, **_window(tch))
+            target_a = (ya + half * va2 - xa) * n  # the velocity of one student step of 1/n
+            target_v = (yv + half * vv2 - xv) * n
+        _, logits, ks, vs = s.units_offline(**inputs, **_window(s))
+        lm = F.cross_entropy(logits.flatten(0, 2), batch["text"].flatten())
+        sa, sv = s.flow_offline(xa, xv, t, ks, vs, **_window(s))
+        distill = F.mse_loss(sa, target_a) + F.mse_loss(sv, target_v)
+        return lm + distill, {"lm": lm.detach(), "distill": distill.detach()}
+
+
+class CodecLoss(nn.Module):
+    """Stage a: both VAEs' reconstruction + KL on one batch of clips (training/codecs.py)."""
+
+    def __init__(self, system, context_units: int = 0) -> None:
+        super().__init__()
+        self.audio_vae, self.video_vae = system.audio_vae, system.video_vae
+        self.context = context_units
+        self.samples, self.frames = system.preset.samples_per_unit, system.preset.frames_per_unit
+
+    def forward(self, wave, frames, eps_audio, eps_video):
+        """The first `context_units` units of each clip only set the stream state (no loss)."""
+        from .codecs import audio_vae_loss, video_vae_loss
+
+        if frames is None:  # the audio loop
+            return audio_vae_loss(self.audio_vae, wave, eps_audio, self.context * self.samples)
+        if wave is None:  # the video loop
+            return video_vae_loss(self.video_vae, frames, eps_video, self.context * self.frames)
+        la, pa = audio_vae_loss(self.audio_vae, wave, eps_audio, self.context * self.samples)
+        lv, pv = video_vae_loss(self.video_vae, frames, eps_video, self.context * self.frames)
+        return la + lv, {**pa, **pv}

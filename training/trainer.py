@@ -1,0 +1,405 @@
+"""`streamer train`: the three stages at tiny scale, on one process or under torchrun (DDP, gloo on a CPU,
+nccl on a GPU), each resumable from a safetensors checkpoint, with a progress bar and a loss-curve PNG.
+
+    a  codecs      audio + video VAE, reconstruction + KL               -> OUT/codecs.safetensors
+    b  backbone    LM on text_out + flow matching, teacher-forced,       -> OUT/teacher.safetensors
+                   block-causal (training/losses.py)
+    c  distill     progressive distillation of the teacher's solver     -> OUT/student.safetensors
+                   (8 -> 4 -> 2 steps), LM kept                           (flow_steps = the student's)
+
+Every file OUT/*.safetensors is a weights file of the av-streamer format (`streamer run --weights`);
+OUT/stage_X.ckpt.safetensors holds the weights, the Adam state, the step and the loss history, so an
+interrupted stage resumes where its last checkpoint was (`--resume`). The global batch is split over
+the processes and every random draw is made per global sample, so N processes compute what one does.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from model_src.system import build_system
+from model_src.weights import load_weights, read_preset, save_weights
+
+from .codecs import codec_clip, standardize_latents, start_posteriors_narrow
+from .data import TRAIN_SEED_BASE, batch_indices, encode_conversations, sample_rand, sample_randn
+from .losses import BackboneLoss, CodecLoss, DistillLoss
+
+CKPT_FORMAT = "av-streamer-train/1"
+OUTPUTS = {"a": "codecs.safetensors", "b": "teacher.safetensors", "c": "student.safetensors"}
+
+
+@dataclass
+class StageConfig:
+    steps: int
+    batch: int  # global batch (split over processes)
+    lr: float
+    clip_units: int = 1  # stage a: units per codec clip with a loss
+    codecs: tuple[str, ...] = ("audio", "video")  # stage a: which codecs to train
+    audio_steps: int = 1500  # stage a: steps of the audio loop (cfg.steps: the video loop)
+    audio_lr: float = 2e-3
+    reinit: bool = False  # stage a with --init: restart the trained codecs from seeded weights
+    context_units: int = 2  # stage a: units before each clip that only set the stream state
+    conversations: int = 96  # stages b, c: training conversations
+    units: int = 40  # stages b, c: units per conversation
+    rounds: tuple[int, ...] = ()  # stage c: student steps per distillation round (teacher: twice the first)
+    checkpoint_every: int = 100
+    seed: int = 0
+
+
+DEFAULTS = {
+    "a": StageConfig(steps=1000, batch=8, lr=5e-3, clip_units=1, context_units=1, checkpoint_every=250),  # video loop: 4 clips
+    "b": StageConfig(steps=500, batch=8, lr=3e-3, conversations=64, units=32, checkpoint_every=50),
+    "c": StageConfig(steps=80, batch=8, lr=5e-4, conversations=64, units=32, rounds=(4, 2), checkpoint_every=20),
+}
+
+
+class TrainError(ValueError):
+    """A training run that cannot start: a missing input file, a checkpoint of another stage, bad sizes."""
+
+
+# --- processes ---------------------------------------------------------------------------------------------
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, items: np.ndarray) -> np.ndarray:
+        per = len(items) // self.size
+        return items[self.rank * per:(self.rank + 1) * per]
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            torch.distributed.barrier()
+
+
+def init_world() -> World:
+    """One process, or the torchrun group from its environment (gloo on a CPU, nccl with CUDA)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return World(dist.get_rank(), dist.get_world_size())
+
+
+def wrap(module: nn.Module, world: World) -> nn.Module:
+    if world.size == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, find_unused_parameters=False)
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, stage: str, step: int, system, optimizer, history: list, cfg: StageConfig) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"weights.{k}": v.detach().clone().contiguous() for k, v in system.state_dict().items()}
+    state = optimizer.state_dict()
+    for i, s in state["state"].items():
+        for name, value in s.items():
+            tensors[f"optim.{i}.{name}"] = torch.as_tensor(value).detach().clone().contiguous()
+    meta = {"format": CKPT_FORMAT, "stage": stage, "step": str(step), "preset_json": system.preset.to_json(),
+            "history": json.dumps(history), "config": json.dumps(asdict(cfg)),
+            "param_groups": json.dumps(state["param_groups"])}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)  # a crash while writing never leaves a half checkpoint
+
+
+def load_checkpoint(path: Path, stage: str, system, optimizer) -> tuple[int, list]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != CKPT_FORMAT or meta.get("stage") != stage:
+        raise TrainError(f"{path}: expected a stage {stage} checkpoint ({CKPT_FORMAT}), found format "
+                         f"{meta.get('format')!r} stage {meta.get('stage')!r}")
+    if meta["preset_json"] != system.preset.to_json():
+        raise TrainError(f"{path}: checkpoint of another preset or flow_steps than this run's")
+    tensors = load_file(str(path))
+    system.load_state_dict({k[len("weights."):]: v for k, v in tensors.items() if k.startswith("weights.")})
+    state: dict = {"state": {}, "param_groups": json.loads(meta["param_groups"])}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, i, name = k.split(".", 2)
+            state["state"].setdefault(int(i), {})[name] = v
+    optimizer.load_state_dict(state)
+    return int(meta["step"]), json.loads(meta["history"])
+
+
+def load_system(path: Path, what: str):
+    if not Path(path).is_file():
+        raise TrainError(f"{what}: {path} does not exist (run the earlier stage first, or give --init)")
+    preset = read_preset(path)
+    system = build_system(preset)
+    load_weights(system, preset, path)
+    return system
+
+
+# --- the loop --------------------------------------------------------------------------------------------------
+def lr_at(step: int, cfg: StageConfig) -> float:
+    """Linear warm-up over 5 % of the steps, then cosine down to 10 %."""
+    warm = max(1, cfg.steps // 20)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    x = (step - warm) / max(1, cfg.steps - warm)
+    return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, x))))
+
+
+def run_loop(stage: str, system, loss_module: nn.Module, params, cfg: StageConfig, out: Path, world: World,
+             batch_fn, resume: bool, label: str, step_offset: int = 0, history: list | None = None) -> list:
+    """Adam over `params` for cfg.steps steps of `loss_module(*batch_fn(step, shard_positions))`;
+    checkpoints every cfg.checkpoint_every steps and at the end. Returns the loss history."""
+    ckpt = out / f"stage_{stage}{'_' + label if label else ''}.ckpt.safetensors"
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    model = wrap(loss_module, world)
+    start, history = 0, list(history or [])
+    if resume and ckpt.is_file():
+        start, history = load_checkpoint(ckpt, stage, system, optimizer)
+        if world.main:
+            _say(f"stage {stage}{' ' + label if label else ''}: resumed from {ckpt} at step {start}")
+    positions = world.shard(np.arange(cfg.batch))
+    bar = _progress(world, f"stage {stage}{' ' + label if label else ''}", cfg.steps, start)
+    for step in range(start, cfg.steps):
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        loss, parts = model(*batch_fn(step, positions))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        values = {"loss": _mean_over(loss.detach(), world), **{k: _mean_over(v, world) for k, v in parts.items()}}
+        history.append([step_offset + step, values])
+        if bar is not None:
+            bar.update(1, " ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        done = step + 1 == cfg.steps
+        if world.main and (done or (step + 1) % cfg.checkpoint_every == 0):
+            save_checkpoint(ckpt, stage, step + 1, system, optimizer, history, cfg)
+    if bar is not None:
+        bar.close()
+    world.barrier()
+    return history
+
+
+def _mean_over(x: torch.Tensor, world: World) -> float:
+    if world.size > 1:
+        x = x.detach().clone()
+        torch.distributed.all_reduce(x)
+        x /= world.size
+    return float(x)
+
+
+# --- the stages -------------------------------------------------------------------------------------------------
+def stage_a(out: Path, cfg: StageConfig, world: World, resume: bool, init: Path | None, preset_name: str = "tiny"):
+    """Both codecs, each in its own loop (their costs differ ~10x per clip): the audio VAE for
+    cfg.audio_steps steps of cfg.batch clips, then the video VAE for cfg.steps steps of cfg.batch // 2
+    clips. cfg.codecs picks which; with --init, cfg.reinit restarts the picked ones from seeded weights."""
+    from model_src.config import get_preset
+
+    system = load_system(init, "--init") if init else build_system(get_preset(preset_name), seed=cfg.seed)
+    fresh = build_system(system.preset, seed=cfg.seed)
+    start_posteriors_narrow(fresh)
+    for codec in cfg.codecs:
+        if init is None or cfg.reinit:
+            getattr(system, f"{codec}_vae").load_state_dict(getattr(fresh, f"{codec}_vae").state_dict())
+    system.train()
+    p = system.preset
+    history = []
+    for codec in ("audio", "video"):
+        if codec not in cfg.codecs:
+            continue
+        loop_cfg = (replace(cfg, steps=cfg.audio_steps, lr=cfg.audio_lr) if codec == "audio"
+                    else replace(cfg, batch=max(world.size, cfg.batch // 2)))
+
+        def batch(step, positions, codec=codec, loop_cfg=loop_cfg):
+            """Clips by global batch position (so any split over processes makes the same ones): the
+            user's side at positions 3 mod 4 (the encoders must tell users apart), else the model's."""
+            seeds = TRAIN_SEED_BASE + batch_indices(cfg.seed, step, 10**6, loop_cfg.batch)
+            made = [codec_clip(p, seeds[i], cfg.clip_units, i % 4 == 3, [cfg.seed, step, int(i), 1 if codec == "audio" else 2],
+                               context=cfg.context_units) for i in positions]
+            if codec == "audio":
+                eps = sample_randn(cfg.seed, step, positions, (cfg.clip_units * p.audio_frames_per_unit, p.audio_z), 1)
+                return torch.from_numpy(np.stack([a for a, _ in made])), None, eps, None
+            eps = sample_randn(cfg.seed, step, positions, (p.video_z, cfg.clip_units, p.latent_height, p.latent_width), 2)
+            return None, torch.from_numpy(np.stack([f for _, f in made])), None, eps
+
+        vae = getattr(system, f"{codec}_vae")
+        history += run_loop("a", system, CodecLoss(system, cfg.context_units), list(vae.parameters()), loop_cfg, out,
+                            world, batch, resume, codec, step_offset=len(history))
+    system.eval()
+    if world.main:
+        sa, sv = standardize_latents(system, p, TRAIN_SEED_BASE + np.arange(32))
+        save_weights(system, p, out / OUTPUTS["a"])
+        loss_png(history, out / "stage_a_loss.png", "stage a: codecs (reconstruction + KL), audio then video")
+        _say(f"stage a: latent scales audio {np.round(sa, 3).tolist()}, video mean {float(np.mean(sv)):.3f}; "
+             f"wrote {out / OUTPUTS['a']}")
+    world.barrier()
+    return history
+
+
+def training_latents(system, out: Path, cfg: StageConfig, world: World) -> dict[str, torch.Tensor]:
+    """The training conversations encoded by the stage-a codecs, cached in OUT/latents.safetensors
+    (keyed by the codecs' weights and the sizes, so a retrained codec re-encodes)."""
+    from safetensors.torch import load_file, save_file
+
+    key = _codec_key(system, cfg)
+    path = out / "latents.safetensors"
+    if world.main and not (path.is_file() and _meta(path).get("key") == key):
+        bar = _progress(world, "encoding the training conversations", cfg.conversations, 0)
+        data = encode_conversations(system, TRAIN_SEED_BASE + np.arange(cfg.conversations), cfg.units,
+                                    on_batch=lambda n: bar.update(n, ""))
+        bar.close()
+        save_file({k: v.contiguous() for k, v in data.items()}, str(path), metadata={"key": key})
+    world.barrier()
+    data = load_file(str(path))
+    return {k: v.bool() if k == "speaking" else v for k, v in data.items()}
+
+
+def _codec_key(system, cfg: StageConfig) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted({**system.audio_vae.state_dict(), **system.video_vae.state_dict()}.items()):
+        h.update(name.encode())
+        h.update(t.detach().contiguous().numpy().tobytes())
+    h.update(f"{cfg.conversations} {cfg.units} {system.preset.to_json()}".encode())
+    return h.hexdigest()
+
+
+def _meta(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+def _conversation_batch(data, cfg: StageConfig, step: int, positions, p, draw_t):
+    idx = batch_indices(cfg.seed, step, len(data["text"]), cfg.batch)[positions]
+    batch = {k: v[torch.from_numpy(idx)] for k, v in data.items()}
+    u = batch["text"].shape[1]
+    na = sample_randn(cfg.seed, step, positions, (u, p.audio_frames_per_unit, p.audio_z), 3)
+    nv = sample_randn(cfg.seed, step, positions, (u, p.video_z, p.latent_height, p.latent_width), 4)
+    return batch, na, nv, draw_t(positions, u)
+
+
+def stage_b(out: Path, cfg: StageConfig, world: World, resume: bool, init: Path | None):
+    system = load_system(init or out / OUTPUTS["a"], "stage b needs the codecs")
+    system.eval()  # the codecs are frozen from here on
+    data = training_latents(system, out, cfg, world)
+    model, p = system.model, system.preset
+    model.train()
+
+    def batch(step, positions):
+        return _conversation_batch(data, cfg, step, positions, p,
+                                   lambda pos, u: sample_rand(cfg.seed, step, pos, (u,), 5))
+
+    history = run_loop("b", system, BackboneLoss(model), list(model.parameters()), cfg, out, world, batch, resume, "")
+    model.eval()
+    if world.main:
+        save_weights(system, p, out / OUTPUTS["b"])
+        loss_png(history, out / "stage_b_loss.png", "stage b: backbone (LM + flow matching)")
+        _say(f"stage b: wrote {out / OUTPUTS['b']}")
+    world.barrier()
+    return history
+
+
+def stage_c(out: Path, cfg: StageConfig, world: World, resume: bool, init: Path | None):
+    import copy
+
+    teacher_system = load_system(init or out / OUTPUTS["b"], "stage c needs the teacher")
+    data = training_latents(teacher_system, out, cfg, world)
+    teacher = teacher_system.model.eval()
+    p, history = teacher_system.preset, []
+    steps_per_round = max(1, cfg.steps // len(cfg.rounds))
+    for r, n in enumerate(cfg.rounds):
+        student_system = copy.deepcopy(teacher_system)
+        student_system.preset = p.replace(flow_steps=n)
+        student = student_system.model.train().requires_grad_(True)
+        round_cfg = replace(cfg, steps=steps_per_round)
+
+        def batch(step, positions, n=n):
+            return _conversation_batch(data, round_cfg, step + 1000 * r, positions, p,
+                                       lambda pos, u: torch.from_numpy(
+                                           np.stack([np.random.default_rng([cfg.seed, step, r, int(i), 6]).integers(0, n, u)
+                                                     for i in pos])))
+
+        history = run_loop("c", student_system, DistillLoss(student, teacher, n), list(student.parameters()),
+                           round_cfg, out, world, batch, resume, f"round{r + 1}_{2 * n}to{n}",
+                           step_offset=r * steps_per_round, history=history)
+        teacher_system, teacher = student_system, student.eval()
+        for q in teacher.parameters():
+            q.requires_grad_(False)
+    final = teacher_system
+    final.preset = p.replace(flow_steps=cfg.rounds[-1])
+    if world.main:
+        save_weights(final, final.preset, out / OUTPUTS["c"])
+        loss_png(history, out / "stage_c_loss.png", f"stage c: progressive distillation {2 * cfg.rounds[0]} -> "
+                 f"{cfg.rounds[-1]} steps")
+        _say(f"stage c: wrote {out / OUTPUTS['c']} (flow_steps {cfg.rounds[-1]})")
+    world.barrier()
+    return history
+
+
+# --- output ------------------------------------------------------------------------------------------------------
+def loss_png(history: list, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h[0] for h in history]
+    names = list(history[0][1]) if history else []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in names:
+        ys = np.array([h[1][name] for h in history])
+        k = max(1, len(ys) // 50)
+        smooth = np.convolve(ys, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1:], smooth, label=name, lw=1.5 if name == "loss" else 1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _say(text: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(text)
+
+
+class _Bar:
+    def __init__(self, description: str, total: int, done: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=done, desc=description, dynamic_ncols=True, mininterval=1.0)
+
+    def update(self, n: int, text: str) -> None:
+        self.bar.update(n)
+        if text:
+            self.bar.set_postfix_str(text, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress(world: World, description: str, total: int, done: int):
+    return _Bar(description, total, done) if world.main else None

@@ -50,7 +50,7 @@ def claim_core(prefer_last: bool = True) -> CoreClaim:
     for core in cores:
         handle = open(CORE_LOCKS / f"{core}.lock", "w")
         try:
-            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # per open file: two sessions of one process differ too
         except OSError:
             handle.close()
             continue

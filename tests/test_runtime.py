@@ -191,3 +191,32 @@ def test_nan_in_a_stage_output_stops_the_session_naming_the_stage(tiny):
     session.step(*units[0])  # unit 0 decodes nothing
     with pytest.raises(StageOutputError, match="audio_dec produced NaN/Inf in 'wave' at unit 0"):
         session.step(*units[1])
+
+
+def test_a_performer_hanging_at_start_is_caught_by_the_timeout(monkeypatch):
+    """Start-up is bounded too (10x --performer-timeout): a child that never says READY is refused, killed."""
+    from types import SimpleNamespace
+
+    import runtime.performer as performer
+
+    def sleeper(module, config, fd):  # a performer that hangs while loading its engines
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], pass_fds=(fd,))
+
+    monkeypatch.setattr(performer, "start_child", sleeper)
+    handle = performer.PerformerProcess.__new__(performer.PerformerProcess)
+    handle.slots = SimpleNamespace(close=lambda: None)
+    t0 = time.perf_counter()
+    with pytest.raises(PerformerError, match="hung: no answer after 2.0 s starting"):
+        handle._start("runtime.performer", {}, timeout_s=0.2)
+    assert time.perf_counter() - t0 < 10 and handle.process.returncode is not None  # killed and reaped
+
+
+def test_concurrent_sessions_do_not_claim_the_same_performer_core():
+    from runtime.child import claim_core
+
+    first, second = claim_core(), claim_core()
+    try:
+        assert first.core is not None and first.core != second.core
+    finally:
+        first.release()
+        second.release()

@@ -23,15 +23,18 @@ TRANSFORMER_STAGES = ("thinker_step", "flow_step")
 def build(system, out: Path, backend: str = "ort", precision: str = "fp32", weights: dict | None = None,
           on_stage: Callable[[str], None] = lambda stage: None, device: str = "cpu",
           calibration: Path | None = None, algorithm: str = "max", attention: str | None = None,
-          kv_cache: str = "auto") -> dict:
+          kv_cache: str = "auto", batch: int = 1) -> dict:
     """Export every stage of `system` into `out` for `backend`; returns the manifest written.
 
     `weights` records where the weights came from ({"seed": n} or {"file": path, "sha256": digest}),
     so `streamer verify` can rebuild the reference. `on_stage(name)` is called as each stage starts.
     `device`: "cuda" compiles AOTInductor packages for the GPU. int8 / fp8: thinker_step and flow_step
     are quantized with modelopt on the `calibration` set with `algorithm`, exported with Q/DQ pairs.
-    The system is changed in place to the build's form (dtype, attention, FP8 cache scales).
+    The system is changed in place to the build's form (dtype, attention, FP8 cache scales). `batch`:
+    sessions per engine call (every stage takes B rows: per-row cache length, codec state, unit index).
     """
+    if not 1 <= batch <= 64:
+        raise BuildOptionError(f"--batch: expected 1 to 64 sessions per engine, got {batch}")
     options = BuildOptions(backend, precision, device, attention, kv_cache,
                            Path(calibration) if calibration else None, algorithm).resolve()
     if options.calibration is not None:  # recorded from other weights (or before it said which): refused
@@ -42,14 +45,14 @@ def build(system, out: Path, backend: str = "ort", precision: str = "fp32", weig
     prepare_system(system, options)
     out.mkdir(parents=True, exist_ok=True)
     stages, initial = {}, {}
-    for spec in make_stages(system):
+    for spec in make_stages(system, batch):
         on_stage(spec.name)
         stage_precision = options.precision if spec.name in TRANSFORMER_STAGES else "fp32"  # codecs: fp32 always
         path, inputs, outputs = _export_stage(spec, out, options, stage_precision, quant, system)
         stages[spec.name] = {"file": path.name, "precision": stage_precision, "attention": spec.attention,
                              "inputs": [t.to_json() for t in inputs], "outputs": [t.to_json() for t in outputs]}
         initial.update({f"{spec.name}.{k}": v.detach().cpu().numpy() for k, v in spec.initial_state.items()})
-    return _finish(out, system, options, stages, initial, weights, quant)
+    return _finish(out, system, options, stages, initial, weights, quant, batch)
 
 
 def _check_environment(options: BuildOptions, system) -> tuple | None:
@@ -107,7 +110,7 @@ def _export_stage(spec: StageSpec, out: Path, options: BuildOptions, stage_preci
 
 
 def _finish(out: Path, system, options: BuildOptions, stages: dict, initial: dict, weights: dict | None,
-            quant) -> dict:
+            quant, batch: int = 1) -> dict:
     """Write initial_state.safetensors (codec states, FP8 cache scales) and the manifest."""
     from safetensors.numpy import save_file
 
@@ -121,7 +124,7 @@ def _finish(out: Path, system, options: BuildOptions, stages: dict, initial: dic
     p = system.preset
     manifest = {"preset": {"name": p.name, "json": p.to_json()}, "backend": options.backend,
                 "backend_library": BACKENDS[options.backend], **describe(options, system),
-                "target": _target(options), "versions": installed_versions(), "weights": weights or {},
+                "target": _target(options), "versions": installed_versions(), "weights": weights or {}, "batch": batch,
                 "stages": stages, "initial_state": "initial_state.safetensors"}
     if options.calibration is not None:
         manifest["calibration"] = {"file": str(Path(options.calibration).resolve()),
@@ -184,7 +187,7 @@ def build_from_onnx(onnx_dir: Path, out: Path, backend: str = "trt",
         stages[name] = {**info, "file": path.name}
     from runtime.engines import installed_versions
 
-    keep = ("preset", "precision", "attention", "kv_cache", "weights", "calibration", "initial_state")
+    keep = ("preset", "precision", "attention", "kv_cache", "weights", "calibration", "initial_state", "batch")
     manifest = {**{k: source[k] for k in keep if k in source}, "backend": backend,
                 "backend_library": BACKENDS[backend], "versions": installed_versions(),
                 "target": _target(BuildOptions(backend)), "stages": stages, "exported_from": str(onnx_dir)}

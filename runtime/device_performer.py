@@ -41,14 +41,20 @@ class SharedCachePerformer:
     def capture(self) -> None:
         self.solver.capture(self.stream)
 
-    def submit(self, unit_index: int, k_delta, v_delta, delta_ready) -> None:
+    def submit(self, unit_index, k_delta, v_delta, delta_ready, seeds: list[int] | None = None) -> None:
+        """Solve the unit(s) the thinker just appended: `unit_index` an int, or one per row of a batch
+        (with `seeds`, one per row); the deltas are already in the shared cache."""
         d = self.device
         with d.use(self.stream):
             d.wait(self.stream, delta_ready)
-            self.solver.load(unit_index)
+            self.solver.load(unit_index, seeds)
             self.solver.run()
             d.record(self.done, self.stream)
         self._unit = unit_index
+
+    @property
+    def last_unit(self):
+        return self._unit
 
     def ready(self, unit_index: int) -> bool:
         return self._unit >= unit_index and self.device.done(self.done)

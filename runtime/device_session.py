@@ -118,7 +118,7 @@ class DeviceSession(StreamOrder):
         started, first_span = time.perf_counter(), log.count
         with d.use(self.stream):
             with log("encode", k):
-                self.thinker.encode(audio, frames, text, k)
+                self.thinker.encode(audio[None], frames[None], text[None], [k])
             self._receive(k - 1)
             with log("think", k):
                 self.thinker.think()
@@ -132,7 +132,7 @@ class DeviceSession(StreamOrder):
         media = self._decode_through(k - 1)
         with log("wait", k):
             d.sync(self.delta_ready)  # the tokens' copy was queued before it
-        tokens = self.thinker.host_out["tokens"].numpy()[0].copy()
+        tokens = self.thinker.host_out["tokens"].numpy()[0].copy()  # row 0: this session's
         self.ledger.unit_done()
         timings = self.log.stage_ms(first_span)
         timings["total"] = 1000.0 * (time.perf_counter() - started)
@@ -170,4 +170,4 @@ class DeviceSession(StreamOrder):
         host = self.thinker.host_out
         wave = host["wave"].numpy()[0].copy()
         check_finite("audio_dec", k, {"wave": wave})  # what reaches the host; the device is not polled
-        return UnitOutput(k, wave, host["frames"].numpy().copy())
+        return UnitOutput(k, wave, host["frames"].numpy()[0].copy())

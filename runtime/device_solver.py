@@ -33,15 +33,17 @@ class DeviceSolver:
         # host noise slots, double-buffered: unit k+1's noise is written while unit k's copy may be queued
         self.noise_host = [(device.host(spec.audio_latent_shape, torch.float32),
                             device.host(spec.video_latent_shape, torch.float32),
-                            device.host((1,), torch.int64)) for _ in range(2)]
+                            device.host((spec.audio_latent_shape[0],), torch.int64)) for _ in range(2)]
         self.noise_copied = [device.event(), device.event()]
-        self.unit = device.empty((1,), torch.int64)
+        self._loads = 0
+        self.unit = device.empty((spec.audio_latent_shape[0],), torch.int64)
         self.x_audio = self._input(self.y_audio, dtypes["noisy_audio"])
         self.x_video = self._input(self.y_video, dtypes["noisy_video"])
         self.velocity = engine.allocate_outputs()
         self._scratch = {k: torch.empty_like(v) for k, v in self.velocity.items()}
-        times = [torch.full((1,), i * self.dt, dtype=torch.float32) for i in range(n)]
-        self.t = [device.empty((1,), torch.float32) for _ in range(n)]
+        rows = spec.audio_latent_shape[0]
+        times = [torch.full((rows,), i * self.dt, dtype=torch.float32) for i in range(n)]
+        self.t = [device.empty((rows,), torch.float32) for _ in range(n)]
         for dst, src in zip(self.t, times):  # constants: copied once, at session start
             dst.copy_(src)
         cache_feeds = cache.feeds([t.name for t in engine.inputs])
@@ -70,13 +72,20 @@ class DeviceSolver:
     def capture(self, stream) -> None:
         self._solve = self.device.capture(self._solve_steps, stream)
 
-    def load(self, unit_index: int) -> None:
-        """Unit k's seed noise and index onto the device (h2d, on the current stream)."""
-        slot = unit_index % 2
-        self.device.sync(self.noise_copied[slot])  # that slot's last copy (unit k-2) is long done
-        na, nv = unit_noise(self.seed, unit_index, self.spec.audio_latent_shape, self.spec.video_latent_shape)
+    def load(self, units: int | list[int], seeds: list[int] | None = None) -> None:
+        """Each row's seed noise (from (its seed, its unit), as the reference draws it) and unit index onto
+        the device (h2d, on the current stream). `units`: one per row (an int for a single session)."""
+        units = [units] if isinstance(units, int) else list(units)
+        seeds = seeds or [self.seed] * len(units)
+        self._loads += 1
+        slot = self._loads % 2  # alternates every call, whatever the rows' own units
+        self.device.sync(self.noise_copied[slot])  # that slot's last copy (two calls ago) is long done
         ha, hv, hu = self.noise_host[slot]
-        host_view(ha)[...], host_view(hv)[...], host_view(hu)[0] = na, nv, unit_index
+        row_audio, row_video = (1, *self.spec.audio_latent_shape[1:]), (1, *self.spec.video_latent_shape[1:])
+        for row, (seed, unit) in enumerate(zip(seeds, units)):
+            na, nv = unit_noise(seed, unit, row_audio, row_video)
+            host_view(ha)[row], host_view(hv)[row] = na[0], nv[0]
+        host_view(hu)[...] = units
         self.ledger.h2d(self.y_audio, ha)
         self.ledger.h2d(self.y_video, hv)
         self.ledger.h2d(self.unit, hu)

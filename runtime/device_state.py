@@ -1,7 +1,8 @@
 """Session state resident on a device: the KV cache and the codec states, allocated once.
 
-`DeviceKVCache`: cache_k / cache_v [L, 1, Hkv, capacity, D] in the build's cache dtype (bf16/fp16/fp32,
-or FP8 E4M3 with per-layer, per-KV-head scales), and cache_len [1]. `append` writes a unit's delta
+`DeviceKVCache`: cache_k / cache_v [L, B, Hkv, capacity, D] in the build's cache dtype (bf16/fp16/fp32,
+or FP8 E4M3 with per-layer, per-KV-head scales), and cache_len [B]; B rows are B independent sessions
+(B = 1 but for engines built with `--batch B`), each at its own unit. `append` writes a unit's delta
 into its ring slot in place, with the slot computed on the device from the unit index tensor, so the
 append is capturable in the thinker's CUDA graph; an FP8 cache quantizes the delta as it writes it
 (the same arithmetic as model_src.kv_cache.quantize_fp8). The same ring as runtime/kv_cache.py and
@@ -30,7 +31,8 @@ class DeviceKVCache:
         self.fp8 = self.dtype == torch.float8_e4m3fn
         self.k = device.empty(spec.cache_shape, self.dtype)
         self.v = device.empty(spec.cache_shape, self.dtype)
-        self.length = device.empty((1,), torch.int64)
+        self.rows = spec.cache_shape[1]  # sessions in the batch (1 but for `streamer build --batch B`)
+        self.length = device.empty((self.rows,), torch.int64)
         self.units = spec.sink_units + spec.window_units
         t = spec.unit_tokens
         self._offsets = torch.arange(t, device=device.torch, dtype=torch.int64)
@@ -57,21 +59,28 @@ class DeviceKVCache:
         return out
 
     def append(self, unit: torch.Tensor, k_delta: torch.Tensor, v_delta: torch.Tensor) -> None:
-        """Write unit `unit` ([1] int64 on the device)'s delta [L, 1, Hkv, T, D] into its slot, in place,
-        and set the valid length. Device ops only (no host value needed): capturable."""
+        """Write each row's delta ([L, B, Hkv, T, D]) into the slot of its unit (`unit` [B] int64 on the
+        device), in place, and set each row's valid length. Device ops only (no host value needed):
+        capturable. Rows are independent sessions, each at its own unit."""
         s, w, t = self.spec.sink_units, self.spec.window_units, self.spec.unit_tokens
         slot = torch.where(unit < s + w, unit, s + torch.remainder(unit - s, w))
-        positions = slot * t + self._offsets
+        positions = slot[:, None] * t + self._offsets  # [B, T]
+        k, v = self.k, self.v
         if self.fp8:
             self._quantize(self._qk, k_delta, self.scales[0])
             self._quantize(self._qv, v_delta, self.scales[1])
             k_delta, v_delta = self._qk.view(torch.uint8), self._qv.view(torch.uint8)
-            self.k.view(torch.uint8).index_copy_(3, positions, k_delta)
-            self.v.view(torch.uint8).index_copy_(3, positions, v_delta)
-        else:
-            self.k.index_copy_(3, positions, k_delta)
-            self.v.index_copy_(3, positions, v_delta)
+            k, v = k.view(torch.uint8), v.view(torch.uint8)
+        for row in range(self.rows):
+            k[:, row].index_copy_(2, positions[row], k_delta[:, row])
+            v[:, row].index_copy_(2, positions[row], v_delta[:, row])
         torch.mul(torch.clamp(unit + 1, max=self.units), t, out=self.length)
+
+    def reset_row(self, row: int) -> None:
+        """Row `row` empty again (a session joins it): its slots zeroed, its length 0."""
+        self.k[:, row].zero_()
+        self.v[:, row].zero_()
+        self.length[row] = 0
 
     @staticmethod
     def _quantize(dest: torch.Tensor, delta: torch.Tensor, scale: torch.Tensor) -> None:
@@ -99,6 +108,11 @@ class PingPong:
         for n, x in self.initial.items():
             self.sets[0][n].copy_(x)
         self.parity = 0
+
+    def reset_row(self, row: int) -> None:
+        """Row `row` of the set the next call reads back to a fresh stream's state (a session joins it)."""
+        for n, x in self.initial.items():
+            self.sets[self.parity][n][row].copy_(x[row])
 
     def binding(self, parity: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(state inputs, new_state outputs) of a call that reads set `parity` and writes the other."""

@@ -34,14 +34,15 @@ class DeviceThinker:
         self.spec, self.device, self.ledger, self.cache, self.stream = spec, device, ledger, cache, stream
         s, dev = spec, device
         f, h, w = s.frames_per_unit, s.frame_height, s.frame_width
+        self.rows = b = cache.rows  # sessions in the batch
         think = engines["thinker_step"]
         t_dtypes = _spec_dtypes(think)
         # host staging (page-locked on a GPU) and their device twins
-        self.host_in = {"audio": dev.host((1, s.samples_per_unit), torch.float32),
-                        "frames": dev.host((f, h, w, 3), torch.uint8),
-                        "text": dev.host((1, s.text_in_tokens), torch.int64), "unit": dev.host((1,), torch.int64)}
+        self.host_in = {"audio": dev.host((b, s.samples_per_unit), torch.float32),
+                        "frames": dev.host((b, f, h, w, 3), torch.uint8),
+                        "text": dev.host((b, s.text_in_tokens), torch.int64), "unit": dev.host((b,), torch.int64)}
         self.dev_in = {k: dev.empty(v.shape, v.dtype) for k, v in self.host_in.items()}
-        self.frames_model = dev.empty((1, 3, f, h, w), torch.float32)
+        self.frames_model = dev.empty((b, 3, f, h, w), torch.float32)
         self.codecs = {stage: PingPong(dev, initial_state[stage])
                        for stage in ("audio_enc", "video_enc", "audio_dec", "video_dec")}
         enc_out = {stage: engines[stage].allocate_outputs() for stage in ("audio_enc", "video_enc")}
@@ -63,11 +64,11 @@ class DeviceThinker:
                                                                 self.think_out["v_delta"]))
         dec_out = {stage: engines[stage].allocate_outputs() for stage in ("audio_dec", "video_dec")}
         self.wave_out, self.video_out = dec_out["audio_dec"]["wave"], dec_out["video_dec"]["frames"]
-        self.frames_out = dev.empty((f, h, w, 3), torch.uint8)
+        self.frames_out = dev.empty((b, f, h, w, 3), torch.uint8)
         self._decode_calls = [self._bind_decode(engines, dec_out, parity) for parity in (0, 1)]
         self.host_out = {"tokens": dev.host(self.think_out["text_tokens"].shape, torch.int64),
                          "wave": dev.host(self.wave_out.shape, torch.float32),
-                         "frames": dev.host((f, h, w, 3), torch.uint8)}
+                         "frames": dev.host((b, f, h, w, 3), torch.uint8)}
         self.capturable = all(engines[n].capturable for n in engines if n != "flow_step")
 
     def _bind_encode(self, engines, outs, parity: int, casts) -> Callable[[], None]:
@@ -78,8 +79,8 @@ class DeviceThinker:
         u8, model = self.dev_in["frames"], self.frames_model
 
         def call() -> None:
-            # uint8 [F, H, W, 3] -> float32 [1, 3, F, H, W] in [-1, 1], as unitio.units.frames_to_model
-            torch.sub(torch.div(u8.permute(3, 0, 1, 2)[None].float(), 127.5), 1.0, out=model)
+            # uint8 [B, F, H, W, 3] -> float32 [B, 3, F, H, W] in [-1, 1], as unitio.units.frames_to_model
+            torch.sub(torch.div(u8.permute(0, 4, 1, 2, 3).float(), 127.5), 1.0, out=model)
             for c in calls + casts:
                 c()
         return call
@@ -94,9 +95,9 @@ class DeviceThinker:
         def call() -> None:
             for c in calls:
                 c()
-            # float [1, 3, F, H, W] in [-1, 1] -> uint8 [F, H, W, 3], as unitio.units.model_to_frames
-            x = torch.clamp(torch.round((video[0] + 1.0) * 127.5), 0, 255).to(torch.uint8)
-            frames.copy_(x.permute(1, 2, 3, 0))
+            # float [B, 3, F, H, W] in [-1, 1] -> uint8 [B, F, H, W, 3], as unitio.units.model_to_frames
+            x = torch.clamp(torch.round((video + 1.0) * 127.5), 0, 255).to(torch.uint8)
+            frames.copy_(x.permute(0, 2, 3, 4, 1))
         return call
 
     def capture(self) -> None:
@@ -107,20 +108,31 @@ class DeviceThinker:
         self._decode_calls = [d.capture(c, s) for c in self._decode_calls]
 
     def reset(self) -> None:
-        """A fresh stream: codec states, y_(-1) = 0 (the cache is reset by its owner)."""
+        """A fresh stream in every row: codec states, y_(-1) = 0 (the cache is reset by its owner)."""
         for codec in self.codecs.values():
             codec.reset()
         self.prev_audio.zero_()
         self.prev_video.zero_()
 
+    def reset_row(self, row: int, decoders_only: bool = False) -> None:
+        """Row `row` a fresh stream (a session joins it): its codec states (or the decoders' only) and its
+        y_(-1) = 0. Device copies of one row, outside the unit path's graphs."""
+        for stage, codec in self.codecs.items():
+            if not decoders_only or stage.endswith("_dec"):
+                codec.reset_row(row)
+        if not decoders_only:
+            self.prev_audio[row].zero_()
+            self.prev_video[row].zero_()
+
     # --- one unit, phase by phase (on the thinker's stream; the caller orders them) -------------------
-    def encode(self, audio: np.ndarray, frames: np.ndarray, text: np.ndarray, unit_index: int) -> None:
-        """Host inputs in, encoders run (their new state is written to the other set until `commit`)."""
+    def encode(self, audio: np.ndarray, frames: np.ndarray, text: np.ndarray, units) -> None:
+        """Host inputs of every row in (audio [B, S] float32, frames [B, F, H, W, 3] uint8, text [B, n],
+        units [B]: each row's unit index), encoders run (the new state goes to the other set until `commit`)."""
         host = self.host_in
-        host_view(host["audio"])[0] = audio
+        host_view(host["audio"])[...] = audio
         host_view(host["frames"])[...] = frames
-        host_view(host["text"])[0] = text
-        host_view(host["unit"])[0] = unit_index
+        host_view(host["text"])[...] = text
+        host_view(host["unit"])[...] = units
         for name in ("audio", "frames", "text", "unit"):
             self.ledger.h2d(self.dev_in[name], host[name])
         self._encode_calls[self.codecs["audio_enc"].parity]()
@@ -142,11 +154,13 @@ class DeviceThinker:
     def tokens_out(self) -> None:
         self.ledger.d2h(self.host_out["tokens"], self.think_out["text_tokens"])
 
-    def decode(self) -> None:
-        """y_(k-1) -> waveform and uint8 frames, copied to the host buffers (read them after a sync)."""
+    def decode(self, advance: bool = True) -> None:
+        """y_(k-1) -> waveform and uint8 frames, copied to the host buffers (read them after a sync).
+        `advance=False` leaves every row's decoder state as it was (a row's last unit, decoded as it leaves)."""
         parity = self.codecs["audio_dec"].parity
         self._decode_calls[parity]()
-        self.codecs["audio_dec"].flip()
-        self.codecs["video_dec"].flip()
+        if advance:
+            self.codecs["audio_dec"].flip()
+            self.codecs["video_dec"].flip()
         self.ledger.d2h(self.host_out["wave"], self.wave_out)
         self.ledger.d2h(self.host_out["frames"], self.frames_out)

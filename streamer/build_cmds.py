@@ -22,6 +22,9 @@ def add_build_options(parser: argparse.ArgumentParser) -> None:
                         help="calibration set from `streamer calibrate` (int8/fp8 precision, --kv-cache fp8)")
     parser.add_argument("--algorithm", default="max", choices=["max", "smoothquant"],
                         help="modelopt calibration algorithm for int8 (default max; fp8: max)")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="sessions per engine call (default 1): every stage takes B rows, each its own session "
+                             "(`streamer serve` runs B sessions per replica)")
 
 
 def _progress_build(title: str, run) -> dict:
@@ -52,7 +55,7 @@ def export(args, load_system) -> int:
     manifest = _progress_build(
         f"exporting {system.preset.name} ({args.precision}, attention {args.attention or 'triton'})",
         lambda on_stage: build(system, args.out, "onnx", args.precision, weights, on_stage, "cpu", args.calibration,
-                               args.algorithm, args.attention, args.kv_cache))
+                               args.algorithm, args.attention, args.kv_cache, args.batch))
     console.print(f"wrote the ONNX of {len(manifest['stages'])} stages ({manifest['precision']}, attention "
                   f"{manifest['attention']}, KV cache {manifest['kv_cache']['dtype']}) and manifest.json to "
                   f"{args.out}; build the engines on the target GPU with `streamer build --from-onnx {args.out} "

@@ -347,7 +347,7 @@ def cmd_build(args) -> int:
             started.append(name)
 
         manifest = build(system, args.out, args.backend, args.precision, weights, on_stage, args.device,
-                         args.calibration, args.algorithm, args.attention, args.kv_cache)
+                         args.calibration, args.algorithm, args.attention, args.kv_cache, args.batch)
         bar.update(task, completed=6, description="done")
     console.print(f"wrote {len(manifest['stages'])} {args.backend} engines and manifest.json to {args.out}")
     return sign_if_asked(args)

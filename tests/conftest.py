@@ -31,6 +31,16 @@ def tiny_ort_engines(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_batch_engines(tmp_path_factory):
+    """`streamer build --preset tiny --backend ort --batch 4` once per test session: 4 sessions per call."""
+    from streamer.cli import main
+
+    out = tmp_path_factory.mktemp("engines") / "tiny_ort_b4"
+    assert main(["build", "--preset", "tiny", "--backend", "ort", "--batch", "4", "--out", str(out)]) == 0
+    return out
+
+
 def pytest_terminal_summary(terminalreporter):
     """Print the numbers the tests measured (oracle errors, losses) whatever the capture mode."""
     from helpers import MEASURED

@@ -60,6 +60,7 @@ class BatchedSession:
             self.performer.capture()
         self.cache.reset()
         self.thinker.reset()
+        self.device.synchronize()  # the resets ran on the default stream; the unit path runs on another
         self.live: dict[int, int] = {}  # row -> the row's next unit index
         self.seeds = [seed] * self.rows
         self._last_frames = np.full((self.rows, s.frames_per_unit, s.frame_height, s.frame_width, 3), 128, np.uint8)

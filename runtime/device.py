@@ -7,7 +7,7 @@ and is tested on a CPU. The runtime imports torch only here and in the device-pa
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from typing import Callable
 
 import numpy as np
@@ -54,8 +54,14 @@ class Device:
         return torch.cuda.Stream(self.torch, priority=high if high_priority else low)
 
     def use(self, stream):
-        """Context: make `stream` current (nothing on a CPU)."""
-        return torch.cuda.stream(stream) if stream is not None else nullcontext()
+        """Context: this device and `stream` current (nothing on a CPU): TensorRT and graph capture run on
+        the current device, so a second GPU's work must have it current, not only its stream."""
+        if stream is None:
+            return nullcontext()
+        stack = ExitStack()
+        stack.enter_context(torch.cuda.device(self.torch))
+        stack.enter_context(torch.cuda.stream(stream))
+        return stack
 
     def event(self):
         return torch.cuda.Event() if self.cuda else None
@@ -86,15 +92,21 @@ class Device:
         autotuning happen before the capture), returned as its replay; on a CPU, `call` itself."""
         if not self.cuda:
             return call
-        with torch.cuda.stream(stream):
-            for _ in range(warmup):
+        with torch.cuda.device(self.torch):
+            with torch.cuda.stream(stream):
+                for _ in range(warmup):
+                    call()
+            stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=stream):
                 call()
-        stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            call()
-        stream.synchronize()
+            stream.synchronize()
         return graph.replay
+
+    def synchronize(self) -> None:
+        """The host waits for all of this device's work (setup only: after resets on its default stream)."""
+        if self.cuda:
+            torch.cuda.synchronize(self.torch)
 
 
 def host_view(t: torch.Tensor) -> np.ndarray:

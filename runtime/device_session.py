@@ -88,6 +88,8 @@ class DeviceSession(StreamOrder):
         self.thinker.reset()
         if isinstance(self.performer, TwoDevicePerformer):
             self.performer.cache.reset()
+            self.performer.device.synchronize()
+        self.device.synchronize()  # the resets ran on the default stream; the unit path runs on others
         self.delta_ready, self.out_ready = self.device.event(), self.device.event()
         self.unit_index, self.received, self.decoded = 0, -1, 0
 

@@ -75,8 +75,9 @@ class Exchange:
             storage = torch.UntypedStorage._new_shared_cuda(
                 handle["device"], b64(handle["handle"]), handle["size"], handle["offset"], b64(handle["ref_handle"]),
                 handle["ref_offset"], b64(handle["event_handle"]), handle["event_sync"])
-            buffer = torch.empty(0, dtype=torch.uint8, device=f"cuda:{handle['device']}").set_(storage)
-            return cls(buffer[:nbytes], layout, n_slots, handle, owner=False)
+            typed = torch.storage.TypedStorage(wrap_storage=storage, dtype=torch.uint8, _internal=True)
+            buffer = torch._utils._rebuild_tensor(typed, 0, (nbytes,), (1,))  # as torch.multiprocessing does
+            return cls(buffer, layout, n_slots, handle, owner=False)
         shm = shared_memory.SharedMemory(name=handle["name"])
         if sys.version_info < (3, 13):  # attaching registers the block with this process's resource tracker,
             from multiprocessing import resource_tracker  # which would unlink it at exit (3.13: track=False)

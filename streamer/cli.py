@@ -163,6 +163,8 @@ def _parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_verify)
 
     add_plan_command(sub)
+    from .serve_cmds import add_parsers as add_serve_commands  # `serve`, `client` (issue 15)
+    add_serve_commands(sub)
     add_train_commands(sub, _load_system)
 
     inspect = sub.add_parser("inspect", help="show what an engine directory holds")

@@ -19,7 +19,9 @@ ALLOWED = {
     "export": {"unitio", "kernels", "model_src", "runtime", "calibration"},
     # training (issue 14): the conversation and its metrics are numpy only; the trainer uses model_src
     "training": {"unitio", "kernels", "model_src", "runtime", "export", "calibration"},
-    "streamer": {"unitio", "kernels", "model_src", "runtime", "export", "calibration", "planning", "training"},
+    # serve (issue 15): the protocol, the replica and the Ray Serve app run on the runtime, never model_src
+    "serve": {"unitio", "runtime"},
+    "streamer": {"unitio", "kernels", "model_src", "runtime", "export", "calibration", "planning", "training", "serve"},
 }
 
 

@@ -125,11 +125,13 @@ class SessionHub:
                                                f"(unit {s.end_after})", k)
 
     def end(self, s: Session, last_unit: int) -> None:
-        """The client sent its last unit: units through `last_unit` are stepped, then the last output and bye."""
+        """The client sent its last unit: units through `last_unit` are stepped, then the last output and bye
+        (at the next tick's start when they were all stepped already). A session that has not started and has
+        no unit queued gets bye at once."""
         with self.lock:
             s.end_after = max(last_unit, s.next_unit - 1)
-            if s.row is None and s.end_after < s.next_unit and not s.done:  # never started: nothing to step
-                self._finish(s, "end", flush=False)
+            if s.row is None and not s.done and (not s.inbox or s.end_after < s.next_unit):
+                self._finish(s, "end", flush=False)  # never started and nothing to step: bye at once
 
     def drop(self, s: Session) -> None:
         """The client is gone: its row is freed at the next tick (at once if it has none)."""
@@ -139,8 +141,14 @@ class SessionHub:
                 self._remove(s)
 
     def count_error(self, code: str) -> None:
+        """One more typed error `code` sent to a client (avs_protocol_errors_total)."""
         with self.lock:
             self.metrics.errors[code] += 1
+
+    def _send_error(self, s: Session, e: ProtocolError) -> None:
+        """Under the lock: deliver the typed error `e` to `s` and count it."""
+        self.metrics.errors[e.code] += 1
+        s.deliver(error_message(e))
 
     # ---- called by the pacer -------------------------------------------------------------------
 
@@ -149,6 +157,7 @@ class SessionHub:
         the rows stepped."""
         with self.lock:
             self._leave_dropped()
+            self._finish_ended()
             self._start_waiting(due)
             active = [s for s in self.sessions.values() if s.row is not None and not s.done]
             inputs, kinds, arrivals = {}, {}, {}
@@ -183,8 +192,8 @@ class SessionHub:
                 if s.end_after is not None and s.next_unit > s.end_after:
                     self._finish(s, "end")
                 elif s.next_unit >= self.limits.max_session_units:
-                    s.deliver(error_message(ProtocolError("session_too_long", f"the session reached "
-                                            f"{self.limits.max_session_units} units (the limit)")))
+                    self._send_error(s, ProtocolError("session_too_long", f"the session reached "
+                                                      f"{self.limits.max_session_units} units (the limit)"))
                     self._finish(s, "session_too_long")
         return len(active)
 
@@ -198,9 +207,17 @@ class SessionHub:
                     try:
                         s.row = self.rows.join(s.hello.seed)
                     except self._full as e:
-                        s.deliver(error_message(ProtocolError("server_full", f"no free row: {e}")))
+                        self.metrics.counters["refused_full"] += 1
+                        self._send_error(s, ProtocolError("server_full", f"no free row: {e}"))
                         s.deliver(("close", 1013))
                         s.done = True
+
+    def _finish_ended(self) -> None:
+        """Sessions whose announced last unit was already stepped (their `end` came after it) end now,
+        before this tick steps them once more."""
+        for s in [s for s in self.sessions.values() if s.row is not None and not s.done and not s.dropped]:
+            if s.end_after is not None and s.next_unit > s.end_after:
+                self._finish(s, "end")
 
     def _leave_dropped(self) -> None:
         for s in [s for s in self.sessions.values() if s.dropped or (s.done and s.row is None)]:
@@ -265,8 +282,9 @@ class SessionHub:
         with self.lock:
             self.failed = why
             for s in list(self.sessions.values()):
-                s.deliver(error_message(ProtocolError("server_error", why)))
-                s.deliver(("close", 1011))
+                if not s.done and not s.dropped:
+                    self._send_error(s, ProtocolError("server_error", why))
+                    s.deliver(("close", 1011))
                 s.done = True
                 try:
                     self._remove(s)
@@ -277,7 +295,8 @@ class SessionHub:
         """Shutting down: every session is told so and closed; the rows are freed."""
         with self.lock:
             for s in list(self.sessions.values()):
-                s.deliver(error_message(ProtocolError("shutting_down", "the server is stopping")))
-                s.deliver(("close", 1001))
+                if not s.done and not s.dropped:
+                    self._send_error(s, ProtocolError("shutting_down", "the server is stopping"))
+                    s.deliver(("close", 1001))
                 s.done = True
                 self._remove(s)

@@ -31,18 +31,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+_ray_cwd: str | None = None  # the empty folder a local Ray instance runs in (removed by `stop`)
+
+
 @contextlib.contextmanager
 def neutral_cwd() -> Iterator[None]:
-    """Ray puts the driver's working directory on its workers' import path; start it from an empty
-    private one, so no worker imports a module planted where the command was run."""
-    old, empty = os.getcwd(), tempfile.mkdtemp(prefix="avs-ray-")
-    os.chdir(empty)
+    """Ray puts the driver's working directory on its workers' import path: start it from an empty
+    private one, so no worker imports a module planted where the command was run. The folder stays
+    while Ray runs: the processes it starts later inherit it as their working directory, and in a
+    deleted one some libraries cannot load (torch's MKL aborts the worker)."""
+    global _ray_cwd
+    old = os.getcwd()
+    _ray_cwd = _ray_cwd or tempfile.mkdtemp(prefix="avs-ray-")
+    os.chdir(_ray_cwd)
     try:
         yield
     finally:
         os.chdir(old)
-        with contextlib.suppress(OSError):
-            os.rmdir(empty)
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, object_store_mb: int | None = None) -> bool:
@@ -86,3 +91,8 @@ def stop(local: bool) -> None:
         with contextlib.suppress(Exception):
             ray_serve.shutdown()
         ray.shutdown()
+        global _ray_cwd
+        if _ray_cwd is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(_ray_cwd)
+            _ray_cwd = None

@@ -56,7 +56,7 @@ COUNTERS = {  # snapshot counter -> (metric, help)
     "late_ticks": ("avs_late_ticks_total", "Ticks that began more than one unit after they were due."),
     "sessions_started": ("avs_sessions_started_total", "Sessions that received ready."),
     "sessions_ended": ("avs_sessions_ended_total", "Sessions that ended (any reason)."),
-    "refused_full": ("avs_sessions_refused_total", "Sessions refused because every slot was taken."),
+    "refused_full": ("avs_sessions_refused_total", "Sessions refused server_full: no free slot at hello, or no free row at start."),
 }
 
 
@@ -87,7 +87,7 @@ def prometheus_text(snapshots: dict[str, dict], now: float | None = None) -> str
           [({"replica": r}, s["rss_bytes"]) for r, s in sorted(live.items())])
     for key, (name, help_) in COUNTERS.items():
         block(name, "counter", help_, [({"replica": r}, s["counters"].get(key, 0)) for r, s in sorted(snapshots.items())])
-    block("avs_protocol_errors_total", "counter", "Typed errors sent to clients, by code.",
+    block("avs_protocol_errors_total", "counter", "Typed errors sent to clients (by the connection or the hub), by code.",
           [({"replica": r, "code": c}, n) for r, s in sorted(snapshots.items()) for c, n in sorted(s["errors"].items())])
     for key, name, help_ in (("latency_ms", "avs_unit_latency_ms", "Server-side unit latency: input in to output out (ms)."),
                              ("step_ms", "avs_step_ms", "One batched step of all live sessions (ms).")):
@@ -99,6 +99,11 @@ def prometheus_text(snapshots: dict[str, dict], now: float | None = None) -> str
     return "\n".join(out) + "\n"
 
 
+def _finite(x: float) -> float | None:
+    """JSON has no NaN: an empty window's quantile is null."""
+    return x if x == x else None
+
+
 def health(snapshots: dict[str, dict], now: float | None = None) -> dict:
     """A short JSON summary: replicas reporting, sessions, free slots, unit latency p50/p99."""
     now = time.time() if now is None else now
@@ -107,5 +112,5 @@ def health(snapshots: dict[str, dict], now: float | None = None) -> dict:
     return {"replicas": len(live), "replicas_down": len(snapshots) - len(live),
             "sessions": sum(s["sessions"] for s in live), "slots": sum(s["slots"] for s in live),
             "slots_free": sum(s["slots"] - s["sessions"] for s in live),
-            "unit_latency_ms": {"p50": lat[0.5], "p99": lat[0.99]},
+            "unit_latency_ms": {"p50": _finite(lat[0.5]), "p99": _finite(lat[0.99])},  # null before any unit
             "late_units": sum(s["counters"].get("late_units", 0) for s in live)}

@@ -3,7 +3,8 @@
 A tick never starts before it is due. One that runs long makes the next ones start late (counted
 `late_ticks`) and back to back until the schedule is caught up: units are never skipped, so a
 session's unit k stays its client's unit k. A tick that raises stops the clock and marks the hub
-failed (the replica then reports unhealthy, and Ray Serve replaces it).
+failed, its sessions told so (server_error) wherever the tick failed: in the step (the hub did it) or
+outside it (here). The replica then reports unhealthy, and Ray Serve replaces it.
 """
 from __future__ import annotations
 
@@ -41,9 +42,14 @@ class Pacer:
                     self.hub.metrics.counters["late_ticks"] += 1
             try:
                 self.hub.tick(due)
-            except Exception as e:  # the hub has told its sessions (server_error) and marked itself failed
+            except Exception as e:  # a failed step has already failed the hub; anything else fails it here
                 self.error = f"{type(e).__name__}: {e}"
                 log.exception("tick failed; the replica stops ticking")
+                if not self.hub.failed:
+                    try:  # tick holds no lock once it raised: fail takes it
+                        self.hub.fail(f"a tick failed: {self.error}")
+                    except Exception:
+                        log.exception("failing the hub's sessions failed")
                 return
             self.ticks += 1
 

@@ -47,8 +47,8 @@ ERRORS = {
     "duplicate_unit": (False, "this unit index was already received; dropped"),
     "unit_ahead": (False, "the unit is further ahead of the session than the limit; dropped"),
     "rate_limited": (False, "more messages than the rate limit allows; dropped"),
-    "slow_client": (True, "the client acknowledged no output for too many units"),
-    "idle_timeout": (True, "no message for too long"),
+    "slow_client": (True, "the client acknowledged or read no output for too many units"),
+    "idle_timeout": (True, "no unit and no end for too long (pings do not count)"),
     "session_too_long": (True, "the session reached its length limit (its last output and bye follow)"),
     "server_error": (True, "the replica failed; the session cannot go on"),
     "shutting_down": (True, "the server is stopping"),
@@ -72,9 +72,9 @@ class Limits:
     burst_messages: int = 25  # the rate limit: a token bucket of this many messages...
     messages_per_unit: float = 2.0  # ...refilled at this many per unit of wall time
     max_session_units: int = 22_500  # 1 hour of 160 ms units
-    idle_timeout_s: float = 10.0  # no message for this long ends the session
+    idle_timeout_s: float = 10.0  # no unit and no end for this long ends the session (pings do not count)
     hello_timeout_s: float = 5.0
-    max_unacked_units: int = 25  # outputs the client may leave unacknowledged (4 s) before slow_client
+    max_unacked_units: int = 25  # outputs the client may leave unacknowledged (4 s; + 8 unsent) before slow_client
 
     def max_message_bytes(self, spec) -> int:
         """The largest binary message a client may send: prefix, header, PCM16 audio and raw frames."""
@@ -119,12 +119,16 @@ def parse_text(text: str) -> dict:
     if len(text.encode()) > MAX_HEADER_BYTES:
         raise ProtocolError("too_large", f"text message: expected at most {MAX_HEADER_BYTES} bytes, got {len(text.encode())}")
     try:
-        msg = json.loads(text)
+        msg = json.loads(text, parse_constant=_no_constant)
     except ValueError as e:
         raise ProtocolError("bad_message", f"text message: expected a JSON object, got an error: {e}") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ProtocolError("bad_message", f"text message: expected a JSON object with a string \"type\", got {text[:80]!r}")
     return msg
+
+
+def _no_constant(name: str):
+    raise ValueError(f"expected standard JSON, got the non-standard constant {name}")
 
 
 def parse_hello(text: str) -> Hello:
@@ -136,7 +140,7 @@ def parse_hello(text: str) -> Hello:
         raise ProtocolError("bad_hello", str(e)) from None
     if msg["type"] != "hello":
         raise ProtocolError("bad_hello", f"first message: expected type \"hello\", got {msg['type']!r}")
-    if msg.get("protocol") != PROTOCOL:
+    if not _is_int(msg.get("protocol")) or msg["protocol"] != PROTOCOL:
         raise ProtocolError("unsupported_version", f"hello: expected protocol {PROTOCOL}, got {msg.get('protocol')!r}")
     hello = Hello()
     seed = msg.get("seed", 0)
@@ -163,6 +167,13 @@ def ready_message(session: str, replica: str, spec, limits: Limits, rows: str) -
 
 def error_message(e: ProtocolError) -> str:
     return json.dumps({"type": "error", "code": e.code, "fatal": e.fatal, "unit": e.unit, "message": str(e)})
+
+
+def pong_message(t, next_unit: int) -> str:
+    """A ping's `t` and the session's next unit -> the pong; `t` is echoed only when it is a finite int
+    or float (not a bool), else null."""
+    ok = _is_int(t) or (isinstance(t, float) and math.isfinite(t))
+    return json.dumps({"type": "pong", "t": t if ok else None, "next_unit": next_unit})
 
 
 def end_unit(msg: dict) -> int:
@@ -327,7 +338,7 @@ def decode_server_unit(data: bytes, spec, max_bytes: int = 64 << 20) -> ServerUn
             raise FrameError(f"server unit: expected integer section sizes, got audio={h.get('audio')!r} frames={sizes!r}")
         audio_bytes, *frame_parts = split(rest, [h["audio"], *sizes])
     except FrameError as e:
-        raise ProtocolError("bad_message", str(e)) from None
+        raise ProtocolError(e.code, str(e)) from None
     audio = frames = None
     if h["audio"]:
         audio = from_pcm16(audio_bytes) if h.get("audio_format") == "pcm16" else np.frombuffer(audio_bytes, "<f4").copy()

@@ -32,7 +32,7 @@ def add_parsers(sub) -> None:
     serve.add_argument("--max-session-s", type=types.int_in(1, 7 * 86400), default=3600,
                        help="the longest a session may run (default 3600 s)")
     serve.add_argument("--idle-timeout-s", type=types.seconds, default=10.0,
-                       help="a session with no message for this long is closed (default 10 s)")
+                       help="a session that sends no unit (or end) for this long is closed; pings do not count (default 10 s)")
     serve.add_argument("--num-cpus", type=types.int_in(1, 4096), default=None,
                        help="CPUs of the local Ray instance (default: this machine's)")
     types.add_trust_arg(serve)

@@ -1,196 +1,38 @@
-"""Serving live sessions (issue 15): the protocol's framing and typed errors, one replica's hub (sessions
-in their rows equal solo sessions; a bad unit is filler and the session goes on), and the Ray Serve
-application end to end on tiny (a local Ray instance): `streamer client` gives `streamer run`'s outputs,
-bad messages get typed errors, a full replica says so at once, health and metrics, and the page in
-headless Chromium where it is installed. Nothing here is timed: clients send their units ahead (--lead),
-so no unit depends on the machine's speed."""
+"""The Ray Serve application of `streamer serve` end to end on tiny (a local Ray instance, batched
+engines): `streamer client` gives `streamer run`'s outputs, bad messages get typed errors and the
+session goes on, a full replica says so at once, health and metrics, and the page in headless Chromium
+where it is installed. Nothing here is timed: clients send their units ahead (--lead), so no unit
+depends on the machine's speed."""
 from __future__ import annotations
 
 import asyncio
 import json
-import struct
 import urllib.request
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from serve.protocol import (
-    ERRORS,
-    Hello,
-    Limits,
-    ProtocolError,
-    ServerUnit,
-    decode_client_unit,
     decode_server_unit,
     encode_client_unit,
-    encode_server_unit,
     hello_message,
-    parse_hello,
 )
-from serve.wire import CLIENT_UNIT, pack
-
-SPEC = SimpleNamespace(name="t", sample_rate=24000, samples_per_unit=3840, fps=25, frames_per_unit=4, frame_height=8,
-                       frame_width=8, unit_ms=160.0, text_in_tokens=2, text_out_tokens=2, vocab_size=512, text_pad_id=0)
-
-
-def _unit(k: int = 0, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    audio = (rng.integers(-32768, 32768, SPEC.samples_per_unit) / 32768.0).astype(np.float32)
-    return audio, rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
-
-
-def _code(data: bytes) -> tuple[str, int | None]:
-    with pytest.raises(ProtocolError) as e:
-        decode_client_unit(data, SPEC, Limits())
-    assert e.value.code in ERRORS and str(e.value)
-    return e.value.code, e.value.unit
-
-
-# ---- the protocol --------------------------------------------------------------------------------
-
-def test_units_round_trip_exactly_and_jpeg_frames_decode():
-    audio, frames = _unit()
-    u = decode_client_unit(encode_client_unit(7, audio, frames, text=[3, 4], t=12.5, ack=5), SPEC, Limits())
-    assert (u.unit, u.t, u.ack, list(u.text)) == (7, 12.5, 5, [3, 4])
-    assert np.array_equal(u.audio, audio) and np.array_equal(u.frames, frames)  # PCM16 is exact for int16/32768
-    j = decode_client_unit(encode_client_unit(8, audio, frames, video="jpeg"), SPEC, Limits())
-    assert j.frames.shape == frames.shape and np.abs(j.frames.astype(int) - frames).mean() < 60
-    s = decode_server_unit(encode_server_unit(ServerUnit(3, [1, 2], 2, audio, frames, "client", 1.0, {"step_ms": 2.0})), SPEC)
-    assert (s.unit, s.text, s.media, s.input, s.timing) == (3, [1, 2], 2, "client", {"step_ms": 2.0})
-    assert np.array_equal(s.audio, audio) and np.array_equal(s.frames, frames)
-    assert len(encode_server_unit(ServerUnit(None, None, 3, audio, frames, final=True))) % 4 == 0
-
-
-def test_bad_units_get_typed_errors_naming_the_unit():
-    audio, frames = _unit()
-    good = encode_client_unit(4, audio, frames)
-    assert _code(b"XX" + good[2:]) == ("bad_message", None)
-    assert _code(good[:2] + b"\x02" + good[3:]) == ("unsupported_version", None)
-    assert _code(good[:6]) == ("bad_message", None)
-    assert _code(good + b"\x00" * 100_000) == ("too_large", None)
-    assert _code(good[:-5]) == ("bad_message", 4)  # the sections do not add up
-    assert _code(encode_client_unit(4, audio[:100], frames)) == ("bad_audio", 4)
-    assert _code(encode_client_unit(4, audio, frames[:3])) == ("bad_video", 4)
-    assert _code(encode_client_unit(4, audio, np.zeros((4, 8, 9, 3), np.uint8))) == ("bad_video", 4)
-    assert _code(encode_client_unit(4, audio, np.zeros((4, 16, 16, 3), np.uint8), video="jpeg")) == ("bad_video", 4)
-    assert _code(encode_client_unit(4, audio, frames, text=[1, 9999])) == ("bad_text", 4)
-    header = {"unit": 4, "audio": 7680, "video": "jpeg", "frames": [10, 10, 10, 10]}
-    assert _code(pack(CLIENT_UNIT, header, [b"\x00" * 7680, *[b"not a jpeg" for _ in range(4)]])) == ("bad_video", 4)
-    assert _code(pack(CLIENT_UNIT, {"unit": -1}, [])) == ("bad_message", None)
-    assert _code(struct.pack("<2sBcI", b"AV", 1, b"U", 9) + b"[1,2,3]  ") == ("bad_message", None)
-    for text, code in (("{", "bad_hello"), ('{"type": "end"}', "bad_hello"), ('{"type": "hello"}', "unsupported_version"),
-                       (json.dumps({"type": "hello", "protocol": 1, "video_out": "png"}), "bad_hello")):
-        with pytest.raises(ProtocolError) as e:
-            parse_hello(text)
-        assert e.value.code == code and e.value.fatal
-    assert parse_hello(hello_message(5, "pcm16", "jpeg")) == Hello(5, "pcm16", "jpeg")
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=200), st.integers(0, 30_000))
-def test_any_bytes_give_a_protocol_error_or_a_unit(junk, cut):
-    """Fuzz: truncations and splices of a valid unit, and random bytes, never raise anything but ProtocolError."""
-    good = encode_client_unit(1, *_unit())
-    for data in (junk, good[:cut] + junk, good[:8] + junk + good[8:], junk[:8] + good[8:]):
-        try:
-            decode_client_unit(data, SPEC, Limits())
-        except ProtocolError as e:
-            assert e.code in ERRORS
-
-
-# ---- one replica's hub, no Ray, no clock: ticks are called by hand ---------------------------------
-
-def _solo(engines, seed: int, units) -> list:
-    """What a solo sequential session gives for `units`: [(tokens, audio, frames) per step] + the flush."""
-    from runtime.session import EngineSession
-
-    with EngineSession(engines, seed=seed, mode="sequential", threads=1) as s:
-        out = [s.step(a, f) for a, f in units]
-        last = s.flush()
-    return [(list(r.text_tokens), r.audio, r.frames) for r in out] + [(None, last.audio, last.frames)]
-
-
-def _media(messages, spec) -> list:
-    units = [decode_server_unit(m, spec) for m in messages if isinstance(m, bytes)]
-    return [(u.text, u.audio, u.frames, u.input) for u in units]
-
-
-def test_sessions_in_rows_equal_solo_sessions_and_bad_input_becomes_filler(tiny_ort_engines):
-    from serve.hub import SessionHub
-    from serve.rows import open_rows
-    from unitio.media import SyntheticUnits
-
-    rows, kind, slots = open_rows(tiny_ort_engines, 2, threads=1)
-    spec, limits = rows.spec, Limits()
-    assert (kind, slots) == ("unbatched", 2)
-    hub = SessionHub(rows, slots, spec, limits, grace_s=0.0)
-    got = {"a": [], "b": []}
-    a, b = hub.reserve(Hello(seed=0), got["a"].append), hub.reserve(Hello(seed=5), got["b"].append)
-    with pytest.raises(ProtocolError) as full:
-        hub.reserve(Hello(), got["a"].append)
-    assert full.value.code == "server_full" and full.value.fatal
-
-    def wire(units):  # what the server sees of them: PCM16 audio
-        return [(decode_client_unit(encode_client_unit(k, au, fr), spec, limits)) for k, (au, fr) in enumerate(units)]
-
-    ua, ub = wire(SyntheticUnits(spec, 6, 1)), wire(SyntheticUnits(spec, 5, 2))
-    for u in ua:
-        if u.unit == 2:  # malformed: the unit becomes filler, counted rejected
-            with pytest.raises(ProtocolError) as e:
-                decode_client_unit(encode_client_unit(2, u.audio[:10], u.frames), spec, limits)
-            assert (e.value.code, e.value.unit, e.value.fatal) == ("bad_audio", 2, False)
-            hub.reject(a, 2, 0.0)
-        elif u.unit != 4:  # unit 4 never comes: missing
-            hub.put(a, u, 0.0)
-    for unit, code in ((ua[0], "duplicate_unit"), (SimpleNamespace(unit=limits.max_units_ahead, ack=None), "unit_ahead")):
-        with pytest.raises(ProtocolError) as e:
-            hub.put(a, unit, 0.0)
-        assert (e.value.code, e.value.fatal) == (code, False)
-    hub.end(a, 5)
-    hub.tick(100.0)  # a starts alone; b joins a unit later, mid-stream
-    for u in ub:
-        hub.put(b, u, 0.0)
-    hub.end(b, 4)
-    for n in range(1, 8):
-        hub.tick(100.0 + n * 0.16)
-    with pytest.raises(ProtocolError) as e:  # after its turn went by
-        hub.put(a, ua[0], 0.0)
-    assert (e.value.code, e.value.fatal) == ("late_unit", False)
-    assert not hub.sessions and rows.live_rows() == []  # both rows and slots are free again
-
-    want_b = _solo(tiny_ort_engines, 5, [(u.audio, u.frames) for u in ub])
-    got_b = _media(got["b"], spec)
-    assert len(got_b) == len(want_b) == 6 and [x[3] for x in got_b[:5]] == ["client"] * 5
-    for (t, au, fr, _), (wt, wau, wfr) in zip(got_b, want_b):  # bitwise: the same engines, input and seed
-        assert t == wt and (au is None) == (wau is None)
-        assert au is None or (np.array_equal(au, wau) and np.array_equal(fr, wfr))
-    filler = np.repeat(ua[1].frames[-1:], 4, 0), np.repeat(ua[3].frames[-1:], 4, 0)
-    fed_a = [(u.audio, u.frames) for u in ua[:2]] + [(np.zeros(3840, np.float32), filler[0]), (ua[3].audio, ua[3].frames),
-                                                     (np.zeros(3840, np.float32), filler[1]), (ua[5].audio, ua[5].frames)]
-    got_a, want_a = _media(got["a"], spec), _solo(tiny_ort_engines, 0, fed_a)
-    assert [x[3] for x in got_a[:6]] == ["client", "client", "rejected", "client", "missing", "client"]
-    assert all(t == wt and (au is None or np.array_equal(au, wau)) for (t, au, _, _), (wt, wau, _) in zip(got_a, want_a))
-    bye = json.loads([m for m in got["a"] if isinstance(m, str)][-1])
-    assert (bye["type"], bye["units"], bye["client"], bye["rejected"], bye["missing"]) == ("bye", 6, 4, 1, 1)
-    assert got["a"][-1] == ("close", 1000)
-
 
 # ---- the Ray Serve application, end to end (a local Ray instance, one replica of 2 slots) -----------
 
-AUDIO_TOL = 1e-5  # unbatched rows are bitwise `streamer run --sequential` (measured 0); batched rows: the runtime's
+AUDIO_TOL = 1e-5  # batched rows against `streamer run --sequential`: the batch's tolerance (tests/test_batch.py)
 
 
 @pytest.fixture(scope="module")
-def served(tiny_ort_engines):
+def served(tiny_ort_engines, tiny_batch_engines):
+    """The batched engines (B = 4, 2 slots taken) behind Serve; `engines` (batch 1) is what `run` compares with."""
     pytest.importorskip("ray.serve", reason="ray[serve] is a dependency of `streamer serve` (pip install -e .)")
     from serve.launch import deploy, free_port, start_ray, stop
 
     local = start_ray(num_cpus=2, object_store_mb=100)
     try:
-        url = deploy({"engines": str(tiny_ort_engines), "threads": 1, "limits": {"idle_timeout_s": 30.0}},
+        url = deploy({"engines": str(tiny_batch_engines), "threads": 1, "limits": {"idle_timeout_s": 30.0}},
                      replicas=1, slots=2, port=free_port())
         yield SimpleNamespace(http=url, ws=url.replace("http://", "ws://"), engines=tiny_ort_engines)
     finally:

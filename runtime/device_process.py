@@ -15,7 +15,6 @@ import signal
 import struct
 import sys
 import time
-import traceback
 import warnings
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -24,7 +23,7 @@ from types import SimpleNamespace
 from .device import Device
 from .exchange import Exchange
 from .ledger import DIRECTIONS, TransferLedger
-from .performer import ERROR, MESSAGE, READY, RESULT, STOP, PerformerProcess
+from .performer import MESSAGE, READY, RESULT, STOP, PerformerProcess, send_failure
 from .trace import SpanLog
 
 REPORT = struct.Struct("<3q4d")  # after a RESULT message: the performer's h2d, d2h, d2d bytes; its spans
@@ -150,10 +149,7 @@ def device_performer_main(cfg: dict, conn: Connection) -> None:
             report = REPORT.pack(done["h2d"], done["d2h"], done["d2d"], t0, t1, t1, time.perf_counter())
             conn.send_bytes(MESSAGE.pack(RESULT, k) + report)
     except Exception:  # noqa: BLE001 - every failure goes to the thinker, with its traceback
-        try:
-            conn.send_bytes(MESSAGE.pack(ERROR, 0) + traceback.format_exc().encode())
-        except OSError:
-            pass
+        send_failure(conn)
     finally:
         if exchange is not None:
             exchange.close()

@@ -16,19 +16,12 @@ import numpy as np
 import torch
 
 from .device import Device, torch_dtype
-
-ALIGN = 256
-Layout = dict[str, tuple[tuple[int, ...], str]]
+from .transport import Layout, slot_offsets
 
 
 def _offsets(layout: Layout, n_slots: int) -> tuple[dict[tuple[int, str], int], int]:
-    offsets, pos = {}, 0
-    for slot in range(n_slots):
-        for name, (shape, dtype) in layout.items():
-            offsets[slot, name] = pos
-            nbytes = int(np.prod(shape)) * torch.empty((), dtype=torch_dtype(dtype)).element_size()
-            pos += -(-nbytes // ALIGN) * ALIGN
-    return offsets, max(pos, ALIGN)
+    """transport's slot layout, with torch's element sizes (bfloat16 and float8 included)."""
+    return slot_offsets(layout, n_slots, lambda dtype: torch.empty((), dtype=torch_dtype(dtype)).element_size())
 
 
 class Exchange:
@@ -80,7 +73,9 @@ class Exchange:
             return cls(buffer, layout, n_slots, handle, owner=False)
         shm = shared_memory.SharedMemory(name=handle["name"])
         if sys.version_info < (3, 13):  # attaching registers the block with this process's resource tracker,
-            from multiprocessing import resource_tracker  # which would unlink it at exit (3.13: track=False)
+            from multiprocessing import (
+                resource_tracker,  # which would unlink it at exit (3.13: track=False)
+            )
 
             resource_tracker.unregister(shm._name, "shared_memory")
         return cls(torch.frombuffer(shm.buf, dtype=torch.uint8), layout, n_slots, handle, False, shm)

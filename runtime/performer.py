@@ -38,6 +38,15 @@ START_TIMEOUT_S = 120.0  # loading engines; a given `timeout_s` bounds start-up 
 MESSAGE = struct.Struct("<iq")  # (op, unit or milliseconds)
 
 
+def send_failure(conn: Connection) -> None:
+    """In a performer process's `except`: the current traceback to the thinker as an ERROR message
+    (nothing if the pipe is already gone)."""
+    try:
+        conn.send_bytes(MESSAGE.pack(ERROR, 0) + traceback.format_exc().encode())
+    except OSError:
+        pass
+
+
 class PerformerError(RuntimeError):
     """The performer process died, hung or failed; the session cannot go on."""
 
@@ -201,10 +210,7 @@ def performer_main(directory: str, shm_name: str, conn: Connection, seed: int, t
             slots.view(k, "spans")[:] = (t0, t1, t1, time.perf_counter())
             conn.send_bytes(MESSAGE.pack(RESULT, k))
     except Exception:  # noqa: BLE001 - every failure goes to the thinker, with its traceback
-        try:
-            conn.send_bytes(MESSAGE.pack(ERROR, 0) + traceback.format_exc().encode())
-        except OSError:
-            pass
+        send_failure(conn)
     finally:
         if slots is not None:
             slots.close()

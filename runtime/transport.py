@@ -21,12 +21,16 @@ ALIGN = 256  # bytes; every array starts on a 256-byte boundary (friendly to DMA
 Layout = dict[str, tuple[tuple[int, ...], str]]
 
 
-def _offsets(layout: Layout, n_slots: int) -> tuple[dict[tuple[int, str], int], int]:
+def slot_offsets(layout: Layout, n_slots: int, itemsize=lambda dtype: np.dtype(dtype).itemsize
+                 ) -> tuple[dict[tuple[int, str], int], int]:
+    """({(slot, name): byte offset}, total bytes) of `n_slots` copies of `layout`, each array ALIGN-aligned;
+    `itemsize(dtype name)` gives an element's bytes (numpy's by default; the device exchange passes torch's,
+    which knows bfloat16 and float8)."""
     offsets, pos = {}, 0
     for slot in range(n_slots):
         for name, (shape, dtype) in layout.items():
             offsets[slot, name] = pos
-            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            nbytes = int(np.prod(shape)) * itemsize(dtype)
             pos += -(-nbytes // ALIGN) * ALIGN
     return offsets, max(pos, ALIGN)
 
@@ -36,14 +40,14 @@ class SharedSlots:
 
     def __init__(self, shm: shared_memory.SharedMemory, layout: Layout, n_slots: int, owner: bool) -> None:
         self.shm, self.layout, self.n_slots, self.owner = shm, layout, n_slots, owner
-        offsets, self.nbytes = _offsets(layout, n_slots)
+        offsets, self.nbytes = slot_offsets(layout, n_slots)
         self._views = {key: np.ndarray(layout[key[1]][0], np.dtype(layout[key[1]][1]), shm.buf, off)
                        for key, off in offsets.items()}
 
     @classmethod
     def create(cls, layout: Layout, n_slots: int = 2) -> SharedSlots:
         """A new zeroed block (this process unlinks it on close)."""
-        _, nbytes = _offsets(layout, n_slots)
+        _, nbytes = slot_offsets(layout, n_slots)
         shm = shared_memory.SharedMemory(create=True, size=nbytes)
         np.frombuffer(shm.buf, np.uint8)[:] = 0
         return cls(shm, layout, n_slots, owner=True)

@@ -1,4 +1,5 @@
 """Shared test helpers (imported by the tests; pytest puts tests/ on sys.path)."""
+import numpy as np
 import torch
 
 MEASURED: list[str] = []  # numbers the tests measured; conftest prints them at the end of the run
@@ -8,6 +9,22 @@ def report(line: str) -> None:
     """Record a measured number (an oracle error, a loss) for the run's summary, and print it."""
     MEASURED.append(line)
     print(line)
+
+
+def assert_same_outputs(want: list, got: list, want_last, got_last) -> None:
+    """Two sessions' UnitResults bitwise equal: unit indices, tokens, audio and frames (None where the
+    first unit has no media), and their flushed last units."""
+    assert len(want) == len(got)
+    for a, b in zip(want, got):
+        assert a.unit_index == b.unit_index
+        np.testing.assert_array_equal(a.text_tokens, b.text_tokens)
+        if a.audio is None:
+            assert b.audio is None
+        else:
+            np.testing.assert_array_equal(a.audio, b.audio)
+            np.testing.assert_array_equal(a.frames, b.frames)
+    np.testing.assert_array_equal(want_last.audio, got_last.audio)
+    np.testing.assert_array_equal(want_last.frames, got_last.frames)
 
 
 def random_units(p, batch: int, units: int, seed: int = 0) -> dict[str, torch.Tensor]:

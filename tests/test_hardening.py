@@ -284,7 +284,7 @@ def test_a_full_disk_is_named_and_keeps_what_was_written(tmp_path, tiny, tiny_or
 
 def test_sigterm_keeps_and_finalises_every_output(tiny_ort_engines, tmp_path, tiny):
     out = tmp_path / "o"
-    proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "run", "--engines", str(tiny_ort_engines),
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "streamer.cli", "run", "--engines", str(tiny_ort_engines),
                              "--units", "3000", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     partial = out / "out.wav.partial"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import report
+from helpers import assert_same_outputs, report
 from runtime.bench import rss_bytes
 from runtime.live import LiveInput, replay, run_live
 from runtime.performer import PerformerError
@@ -39,16 +39,7 @@ def test_pipelined_equals_sequential_bitwise(tiny_ort_engines):
     with EngineSession(tiny_ort_engines) as probe:
         units = _units(probe.spec, 12)
     (seq, seq_last), (pipe, pipe_last) = (_stream(tiny_ort_engines, m, units) for m in ("sequential", "pipelined"))
-    for a, b in zip(seq, pipe):
-        assert a.unit_index == b.unit_index
-        np.testing.assert_array_equal(a.text_tokens, b.text_tokens)
-        if a.audio is None:
-            assert b.audio is None
-        else:
-            np.testing.assert_array_equal(a.audio, b.audio)
-            np.testing.assert_array_equal(a.frames, b.frames)
-    np.testing.assert_array_equal(seq_last.audio, pipe_last.audio)
-    np.testing.assert_array_equal(seq_last.frames, pipe_last.frames)
+    assert_same_outputs(seq, pipe, seq_last, pipe_last)
     assert any(np.abs(r.audio).max() > 0 for r in seq[1:])  # not trivially equal
     report("runtime: pipelined == sequential bitwise over 12 tiny units (tokens, audio, frames)")
 

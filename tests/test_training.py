@@ -152,14 +152,14 @@ def test_ddp_on_two_processes_matches_one_process(tmp_path):
 
     init = tmp_path / "init.safetensors"
     assert main(["init-weights", "--preset", "tiny", "--seed", "3", "--out", str(init)]) == 0
-    common = ["-m", "streamer.cli", "train", "--stage", "b", "--init", str(init), "--steps", "2", "--batch", "4",
+    common = ["-P", "-m", "streamer.cli", "train", "--stage", "b", "--init", str(init), "--steps", "2", "--batch", "4",
               "--conversations", "3", "--units", "8", "--threads", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONSAFEPATH": "1"}  # torchrun's workers: no imports from cwd
     one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env, capture_output=True,
                          text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                          *common, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run([sys.executable, "-P", "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                          *common[1:], "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
     assert "(2 processes)" in two.stderr
     a, b, start = (load_file(str(f)) for f in (tmp_path / "one" / "teacher.safetensors",

@@ -1,24 +1,23 @@
 """A 1-D float32 .npy file written a chunk at a time, valid (header = length so far) after every write."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from .growing import GrowingFile
 
 _MAGIC = b"\x93NUMPY\x01\x00"
 _HEADER = 128  # magic + 2-byte length + the dict padded with spaces: room for any 1-D length
 
 
-class NpyWriter:
+class NpyWriter(GrowingFile):
     """`write(x)` appends float32 values; the header's shape is rewritten and the file flushed each time,
     so `np.load` reads everything written so far at any moment."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path, self.count = Path(path), 0
-        self._file = open(self.path, "wb")
-        self._file.write(self._header())
-        self._file.flush()
+        self.count = 0
+        super().__init__(path)
 
     def _header(self) -> bytes:
         body = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({self.count},), }}"
@@ -26,13 +25,6 @@ class NpyWriter:
         return _MAGIC + (_HEADER - len(_MAGIC) - 2).to_bytes(2, "little") + (body + " " * pad + "\n").encode("latin1")
 
     def write(self, x: np.ndarray) -> None:
-        self._file.write(np.ascontiguousarray(x, dtype="<f4").tobytes())
+        data = np.ascontiguousarray(x, dtype="<f4").tobytes()
         self.count += int(np.size(x))
-        self._file.seek(0)
-        self._file.write(self._header())
-        self._file.seek(0, os.SEEK_END)
-        self._file.flush()
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        self._append(data)

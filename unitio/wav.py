@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .growing import GrowingFile
 from .units import InputError
 
 PCM, FLOAT, EXTENSIBLE = 1, 3, 0xFFFE
@@ -124,15 +125,13 @@ def to_pcm16(audio: np.ndarray) -> bytes:
     return (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
 
 
-class WavWriter:
+class WavWriter(GrowingFile):
     """A 16-bit PCM mono WAV written unit by unit; the header is rewritten (and the file flushed) after
     every `write`, so the file is a valid WAV of everything written so far at any moment."""
 
     def __init__(self, path: str | Path, sample_rate: int) -> None:
-        self.path, self.sample_rate, self.samples = Path(path), sample_rate, 0
-        self._file = open(self.path, "wb")
-        self._file.write(self._header())
-        self._file.flush()
+        self.sample_rate, self.samples = sample_rate, 0
+        super().__init__(path)
 
     def _header(self) -> bytes:
         data = 2 * self.samples
@@ -142,16 +141,9 @@ class WavWriter:
 
     def write(self, audio: np.ndarray) -> None:
         """Append float samples in [-1, 1] (clipped) and make the header say so."""
-        self._file.write(to_pcm16(audio))
+        data = to_pcm16(audio)
         self.samples += len(audio)
-        self._file.seek(0)
-        self._file.write(self._header())
-        self._file.seek(0, os.SEEK_END)
-        self._file.flush()
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        self._append(data)
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:

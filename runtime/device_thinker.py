@@ -4,9 +4,10 @@ Every tensor is allocated once and every engine bound once (`DeviceEngine.bind`)
 its inputs in (audio, frames as uint8, text, unit index) and its outputs out (tokens, waveform, frames
 as uint8) through the ledger. Three phases, each one call (a CUDA graph on a GPU):
 
-    encode(parity)   frames uint8 -> [-1, 1]; audio_enc, video_enc (ping-pong states); latents cast to
-                     thinker_step's dtype
-    think            thinker_step on the cache of units < k -> tokens, delta; append the delta in place
+    encode(parity)   frames uint8 -> [-1, 1]; audio_enc, video_enc (ping-pong states); u_k's latents cast
+                     to thinker_step's dtype
+    think            y_(k-1) cast to thinker_step's dtype (after `receive`); thinker_step on the cache of
+                     units < k -> tokens, delta; append the delta in place
     decode(parity)   y_(k-1) -> audio_dec, video_dec (ping-pong states) -> frames to uint8 [F, H, W, 3]
 """
 from __future__ import annotations
@@ -50,18 +51,26 @@ class DeviceThinker:
         # y_(k-1): the thinker's own copy (fp32, as the solver makes it), read by thinker_step and decode
         self.prev_audio = dev.empty(s.audio_latent_shape, torch.float32)
         self.prev_video = dev.empty(s.video_latent_shape, torch.float32)
-        casts: list[Callable[[], None]] = []
+        # thinker_step takes latents in its own dtype (bf16 builds): u_k's are cast as encode makes them,
+        # y_(k-1)'s inside the think phase, after `receive` delivered it (cast in encode, they would be y_(k-2))
+        casts: dict[str, list[Callable[[], None]]] = {"encode": [], "think": []}
         feed = {"audio_in": self.za, "video_in": self.zv, "audio_prev": self.prev_audio, "video_prev": self.prev_video}
-        for name, src in list(feed.items()):  # thinker_step takes latents in its own dtype (bf16 builds)
+        for name, src in list(feed.items()):
             if src.dtype != t_dtypes[name]:
                 feed[name] = dst = dev.empty(src.shape, t_dtypes[name])
-                casts.append(lambda dst=dst, src=src: dst.copy_(src))
+                casts["think" if name.endswith("_prev") else "encode"].append(lambda dst=dst, src=src: dst.copy_(src))
         self.think_out = think.allocate_outputs()
         think_call = think.bind({"text_in": self.dev_in["text"], **feed, **cache.feeds([t.name for t in think.inputs]),
                                  "unit_index": self.dev_in["unit"]}, self.think_out)
-        self._encode_calls = [self._bind_encode(engines, enc_out, parity, casts) for parity in (0, 1)]
-        self._think_call = lambda: (think_call(), cache.append(self.dev_in["unit"], self.think_out["k_delta"],
-                                                                self.think_out["v_delta"]))
+        self._encode_calls = [self._bind_encode(engines, enc_out, parity, casts["encode"]) for parity in (0, 1)]
+        self.prev_casts = casts["think"]  # y_(k-1) into thinker_step's dtype, run first in the think phase
+
+        def think_phase() -> None:
+            for cast in self.prev_casts:
+                cast()
+            think_call()
+            cache.append(self.dev_in["unit"], self.think_out["k_delta"], self.think_out["v_delta"])
+        self._think_call = think_phase
         dec_out = {stage: engines[stage].allocate_outputs() for stage in ("audio_dec", "video_dec")}
         self.wave_out, self.video_out = dec_out["audio_dec"]["wave"], dec_out["video_dec"]["frames"]
         self.frames_out = dev.empty((b, f, h, w, 3), torch.uint8)

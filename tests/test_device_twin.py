@@ -1,0 +1,115 @@
+"""The CPU twin of the GPU data path, in the forms the GPU runs it: bf16/fp16 builds (in-process torch stage
+modules in that dtype on the device path) against the fp32 reference session, with the bugs of that class
+planted back to show each check catches them."""
+import numpy as np
+import pytest
+import torch
+
+from calibration.torch_engines import torch_device_parts, torch_parts
+from helpers import report
+from model_src.system import build_system
+from model_src.weights import embedded_weights, load_weights
+from runtime.device_session import DeviceSession
+from runtime.session import EngineSession
+from unitio.media import split_units, synthetic_input
+
+UNITS = 6
+SEED = 7
+
+
+def _trained(preset, dtype=torch.float32):
+    """The tiny preset with its shipped trained weights (random weights give near-zero velocities, so a
+    wrong y would hardly show), the transformer in `dtype` as a bf16/fp16 build has it (codecs fp32)."""
+    system = build_system(preset)
+    load_weights(system, preset, embedded_weights(preset.name))
+    system.model.to(dtype)
+    return system
+
+
+def _latents(session) -> np.ndarray:
+    """y_(k-1) as the session's thinker holds it (fp32), audio and video flattened."""
+    if isinstance(session, EngineSession):
+        return np.concatenate([np.ravel(session.prev_audio), np.ravel(session.prev_video)])
+    t = session.thinker
+    return torch.cat([t.prev_audio.ravel(), t.prev_video.ravel()]).numpy().copy()
+
+
+def _stream(session, units):
+    """(results, last unit's media, y_k after each unit k) of `units` streamed through `session`."""
+    results, latents = [], []
+    for k, (a, f) in enumerate(units):
+        results.append(session.step(a, f, text_in=np.full(session.spec.text_in_tokens, k % 5 + 1)))
+        latents.append(_latents(session))  # y_(k-1) after unit k
+    last = session.flush()
+    latents.append(_latents(session))
+    return results, last, latents[1:]
+
+
+@pytest.fixture(scope="module")
+def fp32_reference(tiny):
+    """The fp32 reference: the runtime's sequential session on the fp32 torch stage modules."""
+    units = list(split_units(*synthetic_input(tiny, UNITS, 0), tiny, UNITS))
+    with EngineSession.in_process(*torch_parts(_trained(tiny)), seed=SEED) as session:
+        return units, *_stream(session, units)
+
+
+def _compare(reference, got) -> dict:
+    """Per-unit agreement of a run with the reference: token match, latent cosine, audio errors."""
+    (_, want, want_last, want_y), (results, last, ys) = reference, got
+    tokens = float(np.mean([np.mean(a.text_tokens == b.text_tokens) for a, b in zip(want, results)]))
+    cos = [float(x @ y / np.linalg.norm(x) / np.linalg.norm(y)) for x, y in zip(want_y, ys)]
+    audio_w = [a.audio for a in want[1:len(results)]] + ([want_last.audio] if len(results) == len(want) else [])
+    audio_g = [b.audio for b in results[1:]] + ([last.audio] if len(results) == len(want) else [])
+    rel = [float(np.sqrt(np.mean((a - b) ** 2) / np.mean(a ** 2))) for a, b in zip(audio_w, audio_g)]
+    return {"tokens": tokens, "min_cos": min(cos), "max_rel_rms": max(rel),
+            "max_abs": max(float(np.abs(a - b).max()) for a, b in zip(audio_w, audio_g))}
+
+
+# Tolerances of a bf16 build against fp32. bf16 keeps 8 significant bits (relative rounding 2^-9 = 0.2 %
+# per value), through 2 layers x 4 flow steps; the latents y_k are accumulated in fp32 by the solver.
+# - tokens: argmax of logits whose top two differ by far more than bf16's error; a rare near-tie may flip,
+#   so 90 % of positions must match (measured: 100 % in bf16 and fp16).
+# - latents: cosine of y_k with the reference >= 0.999 (an error of ~2 % of the norm; measured >= 0.9998).
+# - audio: the decoders (fp32) amplify the latents' error; RMS error <= 15 % of the reference's RMS per
+#   unit, max error <= 0.03 at a peak of ~0.25 (measured: 6 % and 0.009 in bf16, 1 % and 0.001 in fp16).
+# Each bound is 5-20x away from y_(k-2) fed to thinker_step (tokens 60 %, cosine -0.2, RMS error ~100 %).
+TOLERANCE = {"tokens": 0.9, "min_cos": 0.999, "max_rel_rms": 0.15, "max_abs": 0.03}
+
+
+def _within(m: dict) -> bool:
+    t = TOLERANCE
+    return (m["tokens"] >= t["tokens"] and m["min_cos"] >= t["min_cos"] and m["max_rel_rms"] <= t["max_rel_rms"]
+            and m["max_abs"] <= t["max_abs"])
+
+
+def _plant_prev_cast_in_encode(thinker, monkeypatch) -> None:
+    """The old order planted back: y_(k-1) cast to thinker_step's dtype inside encode, before the session
+    received it, so thinker_step(k) reads y_(k-2)."""
+    moved = list(thinker.prev_casts)
+    assert moved, "a bf16 build casts y_(k-1) for thinker_step"
+    thinker.prev_casts.clear()
+    encode = thinker.encode
+    monkeypatch.setattr(thinker, "encode", lambda *a: (encode(*a), [cast() for cast in moved]))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_device_path_matches_the_fp32_reference(tiny, fp32_reference, dtype, monkeypatch):
+    """bf16/fp16 stage modules on the device path (CPU twin) within the stated tolerances of the fp32
+    reference; in bf16, the same run with thinker_step fed y_(k-2) falls outside them."""
+    parts = torch_device_parts(_trained(tiny, getattr(torch, dtype)), "cpu")
+    units = fp32_reference[0][:UNITS if dtype == "bfloat16" else 3]  # fp16 matmuls are slow on a CPU
+    with DeviceSession(None, engines=parts, device="cpu", seed=SEED) as session:
+        got = _compare(fp32_reference, _stream(session, units))
+    report(f"device path {dtype} vs fp32 reference ({len(units)} tiny units, cpu twin): tokens {got['tokens']:.0%}, "
+           f"latent cosine >= {got['min_cos']:.5f}, audio RMS error <= {got['max_rel_rms']:.1%}, "
+           f"max {got['max_abs']:.4f}")
+    assert _within(got), (got, TOLERANCE)
+    if dtype != "bfloat16":
+        return
+    with DeviceSession(None, engines=parts, device="cpu", seed=SEED) as session:
+        _plant_prev_cast_in_encode(session.thinker, monkeypatch)
+        planted = _compare(fp32_reference, _stream(session, units[:4]))
+    report(f"  thinker_step fed y_(k-2): tokens {planted['tokens']:.0%}, cosine >= {planted['min_cos']:.2f}, "
+           f"RMS error {planted['max_rel_rms']:.0%}: caught")
+    assert not _within(planted), planted
+    assert planted["min_cos"] < 0.9 and planted["max_rel_rms"] > 0.5, planted

@@ -144,30 +144,44 @@ def test_training_resumes_from_its_checkpoint(tmp_path, tiny):
     assert main([*common, "--steps", "4", "--batch", "0", "--out", str(tmp_path / "x")]) == 2  # refused, named
 
 
-def test_ddp_on_two_processes_matches_one_process(tmp_path):
-    """torchrun with 2 CPU processes (gloo) on the same global batch ends with the weights of 1 process."""
+def _torchrun() -> list[str]:
+    """docs/TRAINING.md's launcher: `PYTHONSAFEPATH=1 torchrun` (the script beside this interpreter)."""
+    script = Path(sys.executable).with_name("torchrun")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+
+
+def test_train_all_stages_one_process_and_ddp_then_eval(tmp_path, capsys):
+    """docs/TRAINING.md's commands end to end: `streamer train --stage all` (stage a's two codec loops log
+    different loss terms; they crashed the loss plot) in one process and under `PYTHONSAFEPATH=1 torchrun
+    --nproc_per_node 2` (DDP: each codec loop wraps only its codec, no unused parameters), from a working
+    directory holding a planted struct/numpy/json that neither launcher nor worker imports; the same global
+    batch ends with the same weights, and `streamer eval` loads the student."""
+    from planted import leaked, plant
     from safetensors.torch import load_file
 
     from streamer.cli import main
 
-    init = tmp_path / "init.safetensors"
-    assert main(["init-weights", "--preset", "tiny", "--seed", "3", "--out", str(init)]) == 0
-    common = ["-P", "-m", "streamer.cli", "train", "--stage", "b", "--init", str(init), "--steps", "2", "--batch", "4",
-              "--conversations", "3", "--units", "8", "--threads", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONSAFEPATH": "1"}  # torchrun's workers: no imports from cwd
-    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env, capture_output=True,
-                         text=True, timeout=300)
+    cwd = tmp_path / "cwd"
+    markers = plant(cwd)
+    common = ["-m", "streamer.cli", "train", "--stage", "all", "--steps", "2", "--audio-steps", "2", "--batch", "4",
+              "--conversations", "2", "--units", "8", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONSAFEPATH": "1"}
+    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env, cwd=cwd,
+                         capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-P", "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                          *common[1:], "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run([*_torchrun(), "--nproc_per_node", "2", "--standalone", *common, "--out",
+                          str(tmp_path / "two")], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
-    assert "(2 processes)" in two.stderr
-    a, b, start = (load_file(str(f)) for f in (tmp_path / "one" / "teacher.safetensors",
-                                               tmp_path / "two" / "teacher.safetensors", init))
+    assert "(2 processes)" in two.stderr and leaked(markers) == []
+    for stage in "abc":
+        assert (tmp_path / "two" / f"stage_{stage}_loss.png").stat().st_size > 1000
+    a, b = (load_file(str(tmp_path / d / "student.safetensors")) for d in ("one", "two"))
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    moved = max(float((a[k] - start[k]).abs().max()) for k in a)
-    report(f"DDP 2 processes vs 1 process, stage b, 2 steps: max weight difference {worst:.2e} (moved {moved:.2e})")
-    assert worst < 1e-4 and moved > 1e-3  # float sums in another order, through Adam: ~1e-5
+    report(f"DDP 2 processes vs 1 process, --stage all, 2 steps each: max weight difference {worst:.2e}")
+    assert worst < 2e-2  # float sums in another order, through Adam's first steps (lr 5e-3): ~4e-3 measured
+    assert main(["eval", "--weights", str(tmp_path / "two" / "student.safetensors"), "--units", "8",
+                 "--conversations", "1"]) == 0
+    assert "questions answered" in capsys.readouterr().out
 
 
 def test_conversation_and_metrics_import_no_torch():

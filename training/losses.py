@@ -83,11 +83,13 @@ class DistillLoss(nn.Module):
 
 
 class CodecLoss(nn.Module):
-    """Stage a: both VAEs' reconstruction + KL on one batch of clips (training/codecs.py)."""
+    """Stage a: the VAEs' reconstruction + KL on one batch of clips (training/codecs.py); `codecs` names
+    the VAEs it holds (a loop of one codec wraps only that one, so DDP finds no parameter without a gradient)."""
 
-    def __init__(self, system, context_units: int = 0) -> None:
+    def __init__(self, system, context_units: int = 0, codecs: tuple[str, ...] = ("audio", "video")) -> None:
         super().__init__()
-        self.audio_vae, self.video_vae = system.audio_vae, system.video_vae
+        for codec in ("audio", "video"):  # only the trained codecs are submodules: DDP then sees no unused
+            setattr(self, f"{codec}_vae", getattr(system, f"{codec}_vae") if codec in codecs else None)
         self.context = context_units
         self.samples, self.frames = system.preset.samples_per_unit, system.preset.frames_per_unit
 

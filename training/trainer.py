@@ -239,7 +239,7 @@ def stage_a(out: Path, cfg: StageConfig, world: World, resume: bool, init: Path 
             return None, torch.from_numpy(np.stack([f for _, f in made])), None, eps
 
         vae = getattr(system, f"{codec}_vae")
-        history += run_loop("a", system, CodecLoss(system, cfg.context_units), list(vae.parameters()), loop_cfg, out,
+        history += run_loop("a", system, CodecLoss(system, cfg.context_units, (codec,)), list(vae.parameters()), loop_cfg, out,
                             world, batch, resume, codec, step_offset=len(history))
     system.eval()
     if world.main:
@@ -362,11 +362,11 @@ def loss_png(history: list, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [h[0] for h in history]
-    names = list(history[0][1]) if history else []
+    names = list(dict.fromkeys(name for h in history for name in h[1]))  # loops may log different terms
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in names:
-        ys = np.array([h[1][name] for h in history])
+        steps = [h[0] for h in history if name in h[1]]
+        ys = np.array([h[1][name] for h in history if name in h[1]])
         k = max(1, len(ys) // 50)
         smooth = np.convolve(ys, np.ones(k) / k, mode="valid")
         ax.plot(steps[k - 1:], smooth, label=name, lw=1.5 if name == "loss" else 1)

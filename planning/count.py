@@ -1,90 +1,55 @@
-"""What one call of each stage costs, counted by running it on meta tensors (no memory, no time):
+"""What one call of each stage costs, counted by running it on meta tensors (no memory, no time).
 
-- FLOPs: torch's FlopCounterMode (matmuls and convolutions, the work that matters);
-- bytes read and written: forward hooks on every Linear, convolution and embedding (weights, inputs,
-  outputs) and on every attention (the KV cache it reads: the whole capacity, the steady state of a
-  long session, at the cache's dtype);
-- the largest single activation (a floor for the workspace);
-- the codec states (what the thinker keeps resident per stream).
+The call runs under planning/ops.py's recorder: the kernels it launches (GEMMs and convolutions with
+their FLOPs and bytes, one fused kernel per attention call reading the whole KV cache at the cache's
+dtype, one fused kernel per chain of elementwise ops), labelled by the part of the stage they belong
+to (thinker_step: the prefix pass, each text_out pass, each LM head; flow_step: its pass; the codecs:
+the codec). Also the largest single activation (a floor for the workspace) and the codec states (what
+the thinker keeps resident per stream).
 
 The transformer runs at the build's activation dtype with the reference attention ("torch": the
-matmuls any attention does over a full cache); the codecs stay fp32, as every build keeps them.
+matmuls any attention does over a full cache, priced as one fused kernel); the codecs stay fp32, as
+every build keeps them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._pytree import tree_flatten
 
+import model_src.backbone as backbone_module
 from model_src.config import Preset
 from model_src.system import build_system
 
+from .ops import Kernel, Recorder, fuse
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}
 ELEMENT = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}  # bytes per weight / cache element of the build
+TRANSFORMER = ("thinker_step", "flow_step")
 
 
 @dataclass
 class StageCost:
     name: str
     flops: float  # per call
-    bytes: float  # read + written per call (weights, cache, activations of the counted layers)
+    bytes: float  # read + written per call (weights, cache, activations, elementwise traffic)
     weight_bytes: float  # of those, weights
     cache_bytes: float  # of those, the KV cache
     calls_per_unit: int
     largest_activation: float  # bytes
     state_bytes: float = 0.0  # codec state tensors (one set)
-    compute: str = "bf16"  # which peak the FLOPs run at: the build's precision, or tf32 for the codecs
+    compute: str = "bf16"  # the build's precision, or tf32 for the codecs
+    kernels: list[Kernel] = field(default_factory=list)  # what one call launches, in order
+
+    @property
+    def launches(self) -> int:
+        """Kernel launches per call (outside a graph, each costs a launch)."""
+        return sum(k.launches for k in self.kernels)
 
 
 def _nbytes(x) -> int:
     return x.numel() * x.element_size() if isinstance(x, torch.Tensor) else 0
-
-
-class _Meter:
-    """Forward hooks that sum the bytes each layer touches; `scale` rescales weight/cache bytes to the
-    build's element size (fp8 weights and caches are counted at 1 byte though the meta run is bf16)."""
-
-    def __init__(self, root: nn.Module, weight_scale: float, cache_scale: float) -> None:
-        self.weights = self.cache = self.activations = 0.0
-        self.largest = 0
-        self.handles = []
-        for m in root.modules():
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose3d)):
-                transformer = isinstance(m, nn.Linear)
-                self.handles.append(m.register_forward_hook(self._layer(weight_scale if transformer else 1.0)))
-            elif isinstance(m, nn.Embedding):
-                self.handles.append(m.register_forward_hook(self._embedding(weight_scale)))
-            elif type(m).__name__ == "SelfAttention":
-                self.handles.append(m.register_forward_hook(self._attention(cache_scale), with_kwargs=True))
-
-    def _layer(self, scale: float):
-        def hook(module, args, out) -> None:
-            self.weights += scale * sum(_nbytes(p) for p in module.parameters(recurse=False))
-            self._activations(args[0], out)
-        return hook
-
-    def _embedding(self, scale: float):
-        def hook(module, args, out) -> None:
-            self.weights += scale * _nbytes(out)  # the rows gathered
-            self._activations(None, out)
-        return hook
-
-    def _attention(self, scale: float):
-        def hook(module, args, kwargs, out) -> None:
-            ctx = args[3] if len(args) > 3 else kwargs["ctx"]
-            self.cache += scale * (_nbytes(ctx.cache_k) + _nbytes(ctx.cache_v))
-        return hook
-
-    def _activations(self, x, out) -> None:
-        y = out[0] if isinstance(out, tuple) else out
-        self.activations += _nbytes(x) + _nbytes(y)
-        self.largest = max(self.largest, _nbytes(y))
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
 
 
 def _meta_inputs(system, p: Preset, dtype: torch.dtype) -> dict[str, tuple]:
@@ -118,21 +83,67 @@ def count_stages(p: Preset, precision: str = "bf16") -> list[StageCost]:
     system.model.to(DTYPES[precision])
     system.model.backbone.set_attn_impl("torch")
     scale = ELEMENT[precision] / torch.empty((), dtype=DTYPES[precision]).element_size()
-    costs = []
+    weights = {id(t) for t in system.parameters()} | {id(t) for t in system.buffers()}
     with torch.no_grad():
         calls = _meta_inputs(system, p, DTYPES[precision])
+    costs = []
     for name, (fn, args) in calls.items():
-        transformer = name in ("thinker_step", "flow_step")
-        meter = _Meter(system.model if transformer else system, scale if transformer else 1.0, scale)
-        counter = FlopCounterMode(display=False)
-        try:
-            with torch.no_grad(), counter:
-                fn(*args)
-        finally:
-            meter.close()
+        transformer = name in TRANSFORMER
+        rec = Recorder(weights)
+        rec.part = "embed + glue" if transformer else "codec"
+        with _labelled(system.model.backbone, rec, scale), torch.no_grad(), rec:
+            out = fn(*args)
+        kernels = fuse(rec.ops, [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)], weights,
+                       scale if transformer else 1.0, 1.0)
+        for k in kernels:
+            k.codec = not transformer
+        largest = max((nb for o in rec.ops if hasattr(o, "writes") for _, nb in o.writes), default=0.0)
         state = sum(_nbytes(s) for s in args[1]) if not transformer else 0.0
-        costs.append(StageCost(name, float(counter.get_total_flops()),
-                               meter.weights + meter.cache + meter.activations, meter.weights, meter.cache,
-                               p.flow_steps if name == "flow_step" else 1, float(meter.largest), float(state),
-                               precision if transformer else "tf32"))
+        costs.append(StageCost(name, sum(k.flops for k in kernels), sum(k.bytes for k in kernels),
+                               sum(k.weight_bytes for k in kernels), sum(k.cache_bytes for k in kernels),
+                               p.flow_steps if name == "flow_step" else 1, float(largest), float(state),
+                               precision if transformer else "tf32", kernels))
     return costs
+
+
+class _labelled:
+    """While counting: label the passes of `run_layers` and the LM head, and make each `attend` call one
+    fused attention kernel (cache bytes at `cache_scale` of the meta run's element size)."""
+
+    def __init__(self, bb, rec: Recorder, cache_scale: float) -> None:
+        self.bb, self.rec, self.cache_scale, self.handles = bb, rec, cache_scale, []
+
+    def __enter__(self):
+        bb, rec, original_attend, original_run = self.bb, self.rec, backbone_module.attend, self.bb.run_layers
+        passes = [0]
+
+        def attend(q, cache_k, cache_v, cache_len, local_k, local_v, *rest, **kw):
+            rec.start_attention()
+            out = original_attend(q, cache_k, cache_v, cache_len, local_k, local_v, *rest, **kw)
+            rec.end_attention(q, cache_k, cache_v, local_k, local_v, out, self.cache_scale)
+            return out
+
+        def run_layers(x, cos, sin, ctx):
+            passes[0] += 1
+            before, rec.part = rec.part, f"pass {passes[0]} ({x.shape[1]} tokens)"
+            try:
+                return original_run(x, cos, sin, ctx)
+            finally:
+                rec.part = before
+
+        def head_in(module, args):
+            rec.lm_head, self._part, rec.part = True, rec.part, "LM head"
+
+        def head_out(module, args, out):
+            rec.lm_head, rec.part = False, self._part
+
+        backbone_module.attend, bb.run_layers = attend, run_layers
+        self._restore = original_attend
+        self.handles = [bb.lm_head.register_forward_pre_hook(head_in), bb.lm_head.register_forward_hook(head_out)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        backbone_module.attend = self._restore
+        del self.bb.run_layers  # the instance attribute; the class's method is back
+        for h in self.handles:
+            h.remove()

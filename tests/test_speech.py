@@ -1,0 +1,179 @@
+"""Speech made here (training/speech.py), the spoken colour conversation (training/spoken.py) and the
+word recognizer of the model's answers (training/recognizer.py)."""
+import numpy as np
+import pytest
+
+from helpers import report
+from training import recognizer as rz
+from training import speech, spoken
+
+CHANCE = 1 / len(spoken.ANSWER_WORDS)
+
+
+@pytest.fixture(scope="module")
+def recognizer():
+    return rz.Recognizer(spoken.ANSWER_WORDS)
+
+
+@pytest.fixture(scope="module")
+def conversations():
+    """Two training and two held-out conversations of 150 units (24 s) each."""
+    return [spoken.make_spoken(150, s, split) for s in (0, 1) for split in ("train", "heldout")]
+
+
+def test_render_is_24khz_speech_and_deterministic():
+    raw = speech.synthesize("green?", speech.MODEL_VOICE)
+    assert raw.dtype == np.int16 and len(raw) > 0.2 * speech.ESPEAK_RATE
+    x = speech.render("green?")
+    assert x.dtype == np.float32 and x.ndim == 1 and not x.flags.writeable
+    # 24 kHz: the trimmed rendering is at most the raw one's length x 24000 / 22050, and close to it
+    assert 0.7 * len(raw) * 24_000 / 22_050 < len(x) <= len(raw) * 24_000 / 22_050 + 2
+    assert np.sqrt(np.mean(x ** 2)) > 0.03 and np.abs(x).max() <= 1.0
+    # deterministic: rendered afresh after other voices (libespeak-ng's hidden state is reset each time)
+    speech._render.cache_clear()
+    speech.render("blue green red", speech.Voice("en-gb-scotland", "f2", 240, 80))
+    speech.render("yes", speech.Voice("en", "whisper", 125, 25))
+    np.testing.assert_array_equal(speech.render("green?"), x)
+    for voice in (speech.Voice("en", "whisper", 125, 25), speech.Voice("en-us", "f5", 150, 40)):  # noise-driven voices
+        a = speech.synthesize("yes", voice)
+        speech.synthesize("red blue", speech.Voice("en-029", "m3", 205, 70))
+        np.testing.assert_array_equal(speech.synthesize("yes", voice), a)
+    # the voice matters: another speaker's rendering of the word is not the model's
+    other = speech.render("green?", speech.Voice("en-gb-x-rp", "f3", 205, 70))
+    assert len(other) != len(x) or not np.array_equal(other, x)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="Voice.variant: expected"):
+        speech.Voice("en-us", "no_such_variant")
+    with pytest.raises(ValueError, match=r"Voice.rate: expected an int in \[80, 450\], received 1000"):
+        speech.Voice(rate=1000)
+    with pytest.raises(ValueError, match="Voice.accent: expected one of"):
+        speech.Voice("fr")
+    with pytest.raises(ValueError, match="text: expected a non-empty string"):
+        speech.render("  ")
+    with pytest.raises(ValueError, match="split: expected 'train' or 'heldout'"):
+        speech.speakers(0, "test")
+    with pytest.raises(ValueError, match="units: expected a positive int"):
+        spoken.make_spoken(0, 1)
+    with pytest.raises(ValueError, match="audio: expected a 1-D waveform"):
+        rz.features(np.zeros((2, 100), np.float32))
+
+
+def test_speakers_split_disjoint():
+    assert set(speech.USER_VARIANTS) <= speech.variants()  # every variant exists in the wheel's data
+    train, held = speech.speakers(0, "train"), speech.speakers(0, "heldout")
+    assert len(train) > 1000 and len(held) > 300
+    assert not set(train) & set(held)
+    assert not {v.variant for v in train} & {v.variant for v in held}  # held-out voices are never heard
+    assert speech.MODEL_VOICE not in set(train) | set(held)
+    assert speech.speakers(0, "train") == train and speech.speakers(1, "heldout") != held
+
+
+def test_conversation_is_seeded_and_consistent(tiny, conversations):
+    assert tiny.samples_per_unit == spoken.SAMPLES_PER_UNIT and tiny.sample_rate == speech.SAMPLE_RATE
+    c, again = conversations[0], spoken.make_spoken(150, 0, "train")
+    for name in ("user_audio", "model_audio", "words", "user_speaking", "model_speaking", "shown"):
+        np.testing.assert_array_equal(getattr(c, name), getattr(again, name))
+    assert c.speaker == again.speaker and c.speaker in set(speech.speakers(0, "train"))
+    assert conversations[1].speaker in set(speech.speakers(0, "heldout"))
+    assert not np.array_equal(c.user_audio, spoken.make_spoken(150, 2, "train").user_audio)
+    units = list(c)
+    assert len(units) == 150 and units[0][0].shape == (3840,) and units[0][1].shape == (3840,)
+    for c in conversations:
+        assert len(c.turns) >= 3
+        assert not (c.user_speaking & c.model_speaking).any()  # full duplex: never both
+        for t in c.turns:
+            # the answer: yes when the word names the colour shown, else the colour shown
+            assert spoken.ANSWER_WORDS[t.answer] == ("yes" if t.asked == t.shown else spoken.COLOUR_NAMES[t.shown])
+            assert not c.user_speaking[t.end + 1:t.end + 1 + t.spoken_units].any()
+            assert (c.words[t.end + 1:t.end + 1 + t.spoken_units] == spoken.WORD_IDS[t.answer]).all()
+            assert (c.shown[t.start:t.end + 1] == t.shown).all()
+            assert np.abs(c.user_audio[t.start:t.end + 1]).max() > 0.05  # the user is heard
+        quiet = ~c.model_speaking
+        assert (c.words[quiet] == spoken.SIL).all() and not c.model_audio[quiet].any()
+    frames = conversations[0].model_frames(tiny.frame_height, tiny.frame_width, tiny.frames_per_unit)
+    assert frames.shape == (150 * tiny.frames_per_unit, tiny.frame_height, tiny.frame_width, 3)
+    user_frames = conversations[0].user_frames(tiny.frame_height, tiny.frame_width, tiny.frames_per_unit)
+    assert user_frames.shape == frames.shape
+
+
+def test_long_pauses_and_barge_ins_occur():
+    cs = [spoken.make_spoken(300, s) for s in range(6)]
+    gaps = [b.start - a.end - 1 for c in cs for a, b in zip(c.turns, c.turns[1:])]
+    report(f"spoken conversations: pauses between questions {min(gaps)}-{max(gaps)} units, "
+           f"{sum(g >= 16 for g in gaps)} of {len(gaps)} >= 16 units; barge-ins {sum(len(c.barge_ins) for c in cs)}")
+    assert max(gaps) >= 25  # 4 s and more of silence
+    assert sum(len(c.barge_ins) for c in cs) >= 3
+    c = next(c for c in cs if c.barge_ins)
+    k = c.barge_ins[0]
+    assert c.model_speaking[k - 1] and not c.model_speaking[k] and c.user_speaking[k]
+
+
+def test_targets_score_one_noise_and_wrong_words_do_not(recognizer, conversations):
+    targets = [c.model_audio for c in conversations]
+    acc, n = rz.word_accuracy(recognizer, conversations, targets)
+    rng = np.random.default_rng(0)
+    acc_noisy, _ = rz.word_accuracy(recognizer, conversations, _noisy(targets))  # with noise at 20 dB SNR
+    # random audio: white noise of speech loudness, and silence
+    noise = [(0.1 * rng.standard_normal(t.shape)).astype(np.float32) for t in targets]
+    acc_noise, _ = rz.word_accuracy(recognizer, conversations, noise)
+    acc_silent, _ = rz.word_accuracy(recognizer, conversations, [np.zeros_like(t) for t in targets])
+    # wrong words: every answer replaced by the next answer word, in the model's voice
+    wrong = []
+    for c in conversations:
+        w = np.zeros_like(c.model_audio)
+        for t in c.turns:
+            reply = speech.render(spoken.ANSWER_WORDS[(t.answer + 1) % 4])[:t.spoken_units * 3840]
+            w[t.end + 1:].reshape(-1)[:len(reply)] = reply
+        wrong.append(w)
+    acc_wrong, _ = rz.word_accuracy(recognizer, conversations, wrong)
+    report(f"recognizer on {n} answers: targets {acc:.3f}, targets + noise at 20 dB SNR {acc_noisy:.3f}, "
+           f"white noise {acc_noise:.3f}, silence {acc_silent:.3f}, wrong words {acc_wrong:.3f} (chance {CHANCE:.2f})")
+    assert n >= 20
+    assert acc >= 0.95 and acc_noisy >= 0.9
+    assert acc_noise <= CHANCE and acc_silent == 0.0 and acc_wrong <= 0.05
+
+
+def test_recognizer_margins_and_silence(recognizer):
+    for word in spoken.ANSWER_WORDS:
+        r = recognizer.recognize(np.pad(speech.render(word), (1000, 3000)))
+        assert r.word == word and r.margin > 1.0
+    assert recognizer.recognize(np.zeros(7680, np.float32)).word == rz.SILENCE
+    assert recognizer.recognize(0.005 * np.random.default_rng(1).standard_normal(7680)).word == rz.SILENCE
+    assert recognizer.recognize(0.3 * np.random.default_rng(2).standard_normal(7680)).word == rz.UNKNOWN
+
+
+def _noisy(targets, snr_db: float = 20.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return [t + (10 ** (-snr_db / 20) * np.sqrt(np.mean(t[t != 0] ** 2)) * rng.standard_normal(t.shape)).astype(np.float32)
+            for t in targets]
+
+
+def _diagonal_only(cost):
+    """DTW without warping (one frame of each side per step): the mutation of `_dtw_rows`."""
+    acc = np.full_like(cost, np.inf)
+    acc[:, 0, 0] = cost[:, 0, 0]
+    for i in range(1, cost.shape[1]):
+        acc[:, i, 1:] = cost[:, i, 1:] + acc[:, i - 1, :-1]
+    return acc
+
+
+def test_planted_mutations_are_caught(recognizer, conversations, monkeypatch):
+    """Shuffled template labels, templates in another voice, and DTW without warping each drop accuracy."""
+    targets = [c.model_audio for c in conversations]
+    noisy = _noisy(targets)
+    labels = np.array(recognizer.labels)
+    monkeypatch.setattr(recognizer, "labels", np.where(labels >= 0, (labels + 1) % len(spoken.ANSWER_WORDS), labels))
+    acc_shuffled, _ = rz.word_accuracy(recognizer, conversations, targets)
+    monkeypatch.undo()
+    wrong_voice = rz.Recognizer(spoken.ANSWER_WORDS, speech.Voice("en", "klatt4", 125, 85))
+    acc_voice, _ = rz.word_accuracy(wrong_voice, conversations, noisy)
+    monkeypatch.setattr(rz, "_dtw_rows", _diagonal_only)
+    acc_diagonal, _ = rz.word_accuracy(recognizer, conversations, targets)
+    monkeypatch.undo()
+    acc, _ = rz.word_accuracy(recognizer, conversations, noisy)
+    report(f"recognizer, planted mutations: shuffled labels {acc_shuffled:.3f}, templates in another voice "
+           f"(noisy targets) {acc_voice:.3f} against {acc:.3f}, DTW without warping {acc_diagonal:.3f}")
+    assert acc_shuffled <= 0.05 and acc_voice <= 0.8 and acc_diagonal <= 0.85
+    assert acc >= 0.9

@@ -147,22 +147,44 @@ def synthesize(text: str, voice: Voice) -> np.ndarray:
     if not isinstance(voice, Voice):
         raise ValueError(f"voice: expected a training.speech.Voice, received {type(voice).__name__}")
     with _LOCK:
-        lib = _load()
-        try:
-            lib.espeak_ng_SetRandSeed(1)
-            if lib.espeak_SetVoiceByName(voice.espeak_name.encode()) != 0:
-                raise RuntimeError(f"libespeak-ng has no voice {voice.espeak_name!r}")
-            for param, value in ((_RATE, voice.rate), (_PITCH, voice.pitch), (_RANGE, voice.range), (_VOLUME, voice.volume)):
-                lib.espeak_SetParameter(param, value, 0)
-            data = text.encode("utf-8") + b"\0"
-            _chunks.clear()
-            err = lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-            if err != 0:
-                raise RuntimeError(f"libespeak-ng could not synthesize {text!r} (error {err})")
-            out = np.concatenate(_chunks) if _chunks else np.zeros(0, np.int16)
-            _chunks.clear()
-        finally:
-            _unload(lib)
+        if not _fresh_checked:
+            _check_fresh()
+        return _synthesize(text, voice)
+
+
+_fresh_checked = False
+
+
+def _check_fresh() -> None:
+    """Once per process: a rendering must not depend on the one before it (it does when the library stays
+    loaded, e.g. because another module of this process loaded the same libespeak-ng)."""
+    global _fresh_checked
+    first = _synthesize("yes", MODEL_VOICE)
+    _synthesize("red blue", Voice("en-029", "f2", 240, 80))
+    if not np.array_equal(_synthesize("yes", MODEL_VOICE), first):
+        raise RuntimeError("libespeak-ng keeps its state between renderings in this process (it was not unloaded: "
+                           "is it also loaded by another module?), so speech would not be deterministic")
+    _fresh_checked = True
+
+
+def _synthesize(text: str, voice: Voice) -> np.ndarray:
+    """One rendering by a freshly loaded library (the caller holds _LOCK)."""
+    lib = _load()
+    try:
+        lib.espeak_ng_SetRandSeed(1)
+        if lib.espeak_SetVoiceByName(voice.espeak_name.encode()) != 0:
+            raise RuntimeError(f"libespeak-ng has no voice {voice.espeak_name!r}")
+        for param, value in ((_RATE, voice.rate), (_PITCH, voice.pitch), (_RANGE, voice.range), (_VOLUME, voice.volume)):
+            lib.espeak_SetParameter(param, value, 0)
+        data = text.encode("utf-8") + b"\0"
+        _chunks.clear()
+        err = lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        if err != 0:
+            raise RuntimeError(f"libespeak-ng could not synthesize {text!r} (error {err})")
+        out = np.concatenate(_chunks) if _chunks else np.zeros(0, np.int16)
+        _chunks.clear()
+    finally:
+        _unload(lib)
     return out
 
 
@@ -197,6 +219,7 @@ def render(text: str, voice: Voice = MODEL_VOICE) -> np.ndarray:
     return _render(text, voice)
 
 
+@functools.lru_cache(maxsize=16)
 def speakers(seed: int = 0, split: str = "train") -> tuple[Voice, ...]:
     """The users' speakers of `split` ("train" or "heldout"): every accent x rate x pitch for the variants
     of that split. The variants are split by `seed` (HELDOUT_FRACTION held out), so the two splits of one

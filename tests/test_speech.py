@@ -148,6 +148,23 @@ def test_conversation_is_seeded_and_consistent(tiny, conversations):
     assert user_frames.shape == frames.shape
 
 
+def test_conversation_is_the_same_in_another_process(tmp_path):
+    """A seed gives the same audio in a fresh process that rendered other speech first (what 2 DDP
+    processes need), run from a folder that is not the repository."""
+    import hashlib
+    import subprocess
+    import sys
+
+    code = ("import hashlib; from training import speech, spoken; "
+            "speech.render('hello there', speech.Voice('en', 'f4', 205, 70)); "
+            "c = spoken.make_spoken(60, 7, 'heldout'); "
+            "print(hashlib.sha256(c.user_audio.tobytes() + c.model_audio.tobytes()).hexdigest())")
+    child = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert child.returncode == 0, child.stderr[-2000:]
+    c = spoken.make_spoken(60, 7, "heldout")
+    assert child.stdout.strip() == hashlib.sha256(c.user_audio.tobytes() + c.model_audio.tobytes()).hexdigest()
+
+
 def test_long_pauses_and_barge_ins_occur():
     cs = [spoken.make_spoken(300, s) for s in range(6)]
     gaps = [b.start - a.end - 1 for c in cs for a, b in zip(c.turns, c.turns[1:])]

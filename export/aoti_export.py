@@ -9,13 +9,16 @@ import torch
 
 from runtime.manifest import TensorSpec
 
+from .placement import check_placement
 from .stages import StageSpec
 
 
 def export_stage_aoti(spec: StageSpec, path: Path, device: str = "cpu") -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Compile `spec` for `device` ("cpu" or "cuda") into the package `path`; returns its (inputs,
-    outputs) as TensorSpecs. A CUDA package is what the runtime captures as a CUDA graph."""
+    outputs) as TensorSpecs. A CUDA package is what the runtime captures as a CUDA graph. A module with a
+    tensor left elsewhere raises PlacementError naming the stage and the tensor, before torch.export."""
     module = spec.module.to(device)
+    check_placement(spec.name, module, device)
     args = tuple(x.to(device) for x in spec.example_inputs.values())
     logging.getLogger("torch._inductor").setLevel(logging.ERROR)
     with torch.no_grad(), warnings.catch_warnings():

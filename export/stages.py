@@ -41,11 +41,18 @@ class StageSpec:
 
 
 class CodecStep(nn.Module):
-    """step(x, state) -> (y, state) of a VAE, as forward(x, *state) -> (y, *state)."""
+    """`vae.<method>(x, state) -> (y, state)` as forward(x, *state) -> (y, *state). The VAE is a registered
+    submodule, so `.to(device)` moves its weights with the stage (a bound method would hide them)."""
 
-    def __init__(self, step: Callable) -> None:
+    def __init__(self, vae: nn.Module, method: str) -> None:
         super().__init__()
-        self.step = step
+        self.vae, self.method = vae, method
+        getattr(vae, method)  # a wrong name fails here, not at export
+
+    @property
+    def step(self) -> Callable:
+        """The VAE's bound step method."""
+        return getattr(self.vae, self.method)
 
     def forward(self, x: torch.Tensor, *state: torch.Tensor):
         y, new_state = self.step(x, state)
@@ -104,9 +111,9 @@ def per_layer_cache(spec: StageSpec) -> StageSpec:
                      spec.initial_state, spec.attention)
 
 
-def _codec(name: str, step: Callable, x_name: str, x: torch.Tensor, y_name: str, state) -> StageSpec:
+def _codec(name: str, vae: nn.Module, method: str, x_name: str, x: torch.Tensor, y_name: str, state) -> StageSpec:
     state_in = {f"state_{i}": s for i, s in enumerate(state)}
-    return StageSpec(name, CodecStep(step), {x_name: x, **state_in},
+    return StageSpec(name, CodecStep(vae, method), {x_name: x, **state_in},
                      [y_name] + [f"new_state_{i}" for i in range(len(state))], dict(state_in))
 
 
@@ -142,13 +149,13 @@ def make_stages(system: AVSystem, batch: int = 1, device: str | torch.device = "
     frames = torch.rand(batch, 3, p.frames_per_unit, p.frame_height, p.frame_width, generator=g, device=device) * 2 - 1
     with torch.no_grad():
         specs = [
-            _codec("audio_enc", av.encode_step, "wave", wave, "z", av.init_encoder_state(batch)),
-            _codec("video_enc", vv.encode_step, "frames", frames, "z", vv.init_encoder_state(batch)),
+            _codec("audio_enc", av, "encode_step", "wave", wave, "z", av.init_encoder_state(batch)),
+            _codec("video_enc", vv, "encode_step", "frames", frames, "z", vv.init_encoder_state(batch)),
             StageSpec("thinker_step", ThinkerStep(system), thinker,
                       ["text_logits", "text_tokens", "k_delta", "v_delta"], {}, attention),
             StageSpec("flow_step", FlowStep(system), flow, ["v_audio", "v_video"], {}, attention),
-            _codec("audio_dec", av.decode_step, "z", za, "wave", av.init_decoder_state(batch)),
-            _codec("video_dec", vv.decode_step, "z", zv, "frames", vv.init_decoder_state(batch)),
+            _codec("audio_dec", av, "decode_step", "z", za, "wave", av.init_decoder_state(batch)),
+            _codec("video_dec", vv, "decode_step", "z", zv, "frames", vv.init_decoder_state(batch)),
         ]
     for spec in specs:
         spec.module.eval()

@@ -46,7 +46,8 @@ class BatchedSession:
                  trust: str | Path | None = None, graphs: bool | None = None) -> None:
         self.device, self.seed = Device(device), seed
         manifest = read_manifest(directory, installed_versions=installed_versions(), trust=trust)
-        self.manifest, loaded = load_device_engines(directory, self.device, STAGES, threads, manifest)
+        self.manifest, loaded = load_device_engines(directory, self.device, STAGES, threads, manifest,
+                                                  graphs=graphs)
         self.spec = s = unit_spec(manifest)
         initial = load_initial_state(directory, manifest)
         self.ledger, self.stream = TransferLedger(), self.device.stream()

@@ -157,11 +157,21 @@ class TrtDeviceEngine(DeviceEngine):
         return call
 
 
+def load_aoti(path: Path, device: Device, graphs: bool | None = None) -> Callable:
+    """An AOTInductor package's runner for `device`. On a GPU whose calls may be captured in a CUDA graph
+    (`graphs` not False; None: the sessions' default there), single-threaded: the default runner records
+    and waits for its own CUDA event around each run, which a captured graph cannot hold (two calls of one
+    package in one graph, as the flow steps are). The device path calls each engine from one thread."""
+    extra = {"device_index": device.torch.index, "run_single_threaded": graphs is not False} if device.cuda else {}
+    return torch._inductor.aoti_load_package(str(path), **extra)
+
+
 def load_device_engines(directory: str | Path, device: Device, stages: list[str] | None = None,
                         threads: int | None = None, manifest: dict | None = None,
-                        trust: str | Path | None = None) -> tuple[dict, dict[str, DeviceEngine]]:
+                        trust: str | Path | None = None, graphs: bool | None = None) -> tuple[dict, dict[str, DeviceEngine]]:
     """(manifest, {stage: DeviceEngine}) of an engine directory, for tensors on `device` (its manifest
-    checked here, with its signature against `trust` where given, unless the caller checked it)."""
+    checked here, with its signature against `trust` where given, unless the caller checked it); `graphs`:
+    whether the engines will be captured in CUDA graphs (None: on a GPU, as the sessions' default)."""
     from .engines import installed_versions
     from .manifest import read_manifest, stage_io
 
@@ -183,9 +193,7 @@ def load_device_engines(directory: str | Path, device: Device, stages: list[str]
         elif backend == "trt":
             engines[stage] = TrtDeviceEngine(stage, path, inputs, outputs, device)
         elif backend == "aoti":
-            extra = {"device_index": device.torch.index} if device.cuda else {}
-            runner = torch._inductor.aoti_load_package(str(path), **extra)
-            engines[stage] = TorchDeviceEngine(stage, inputs, outputs, device, runner)
+            engines[stage] = TorchDeviceEngine(stage, inputs, outputs, device, load_aoti(path, device, graphs))
         else:
             raise ManifestError(f"{directory}: backend {backend!r} has no device-path engine (ort, aoti, trt)")
     return manifest, engines

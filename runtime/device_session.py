@@ -56,7 +56,7 @@ class DeviceSession(StreamOrder):
                  trust: str | Path | None = None) -> None:
         if placement not in PLACEMENTS:
             raise ValueError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
-        self.placement, self.seed, self.device = placement, seed, Device(device)
+        self.placement, self.seed, self.device, self._graphs = placement, seed, Device(device), graphs
         self.ledger, self.log = TransferLedger(), SpanLog(nvtx=nvtx)
         stages = THINKER_STAGES + (["flow_step"] if placement == "one-gpu" else [])
         if engines is not None:
@@ -66,7 +66,7 @@ class DeviceSession(StreamOrder):
             from .engines import installed_versions
 
             manifest = read_manifest(directory, expect_preset, installed_versions(), trust=trust)
-            manifest, loaded = load_device_engines(directory, self.device, stages, threads, manifest)
+            manifest, loaded = load_device_engines(directory, self.device, stages, threads, manifest, graphs=graphs)
             initial = load_initial_state(directory, manifest)
         self.manifest, self.spec = manifest, unit_spec(manifest)
         s = self.spec
@@ -102,7 +102,7 @@ class DeviceSession(StreamOrder):
                              f"engines given in process run in one-gpu only")
         other = Device(performer_device or ("cuda:1" if self.device.cuda else "cpu"))
         if placement == "two-gpu":
-            _, flow = load_device_engines(directory, other, ["flow_step"], threads, self.manifest)
+            _, flow = load_device_engines(directory, other, ["flow_step"], threads, self.manifest, graphs=self._graphs)
             return TwoDevicePerformer(flow["flow_step"], s, self.device, other, self.stream, self.ledger, self.seed,
                                       initial.get("kv_cache"), torch_dtype(s.delta_dtype))
         from .device_process import ProcessDevicePerformer

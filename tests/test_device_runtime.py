@@ -134,3 +134,25 @@ def test_bench_reports_bytes_per_unit_for_every_mode(tiny_ort_engines, tmp_path,
     assert modes["one-gpu"]["bytes_per_unit"]["h2d"] > 0 and modes["one-gpu"]["cuda_graphs"] is False
     assert summary["bitwise_equal"] == {"one-gpu": True}
     assert "h2d / unit" in capsys.readouterr().out
+
+
+def test_aoti_packages_load_single_threaded_where_cuda_graphs_capture_them(monkeypatch, tmp_path):
+    """A GPU AOTInductor runner to be captured is loaded with run_single_threaded=True (the default runner
+    records and waits for its own CUDA event, which a graph cannot hold); the real loader takes that
+    keyword; a CPU package is loaded as before."""
+    import inspect
+    from types import SimpleNamespace
+
+    from runtime.device import Device
+    from runtime.device_engines import load_aoti
+
+    real = torch._inductor.aoti_load_package
+    calls = []
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path, **kw: calls.append(kw))
+    gpu = SimpleNamespace(cuda=True, torch=torch.device("cuda", 1))  # no CUDA here: only what load_aoti reads
+    for graphs in (None, True, False):
+        load_aoti(tmp_path / "flow_step.pt2", gpu, graphs)
+    load_aoti(tmp_path / "flow_step.pt2", Device("cpu"))
+    assert calls == [{"device_index": 1, "run_single_threaded": True}, {"device_index": 1, "run_single_threaded": True},
+                     {"device_index": 1, "run_single_threaded": False}, {}]
+    inspect.signature(real).bind("x.pt2", **calls[0])  # the installed torch's loader accepts both keywords

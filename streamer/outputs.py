@@ -7,6 +7,7 @@ import csv
 import errno
 import json
 import os
+import shutil
 import sys
 import tempfile
 from array import array
@@ -83,11 +84,12 @@ def check_out_file(path: Path | None, what: str) -> None:
 
 class _Timings:
     """timings.csv row by row (columns: the stages of the first rows, "total" last) and each stage's
-    values for the final table (8 bytes per stage per unit)."""
+    values for the final table (8 bytes per stage per unit). `ends[n]`: the file's size after n rows."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.file, self.names, self.early = path, None, None, []
         self.values: dict[str, array] = {}
+        self.ends = array("q")  # 8 bytes a row
 
     def add(self, row: dict[str, float]) -> None:
         for stage, ms in row.items():
@@ -100,11 +102,15 @@ class _Timings:
         self._write(row)
 
     def _start(self) -> None:
+        from unitio.growing import create_new
+
         names = list(dict.fromkeys(s for r in self.early for s in r if s != "total"))
         self.names = names + ["total"] if any("total" in r for r in self.early) else names
-        self.file = open(self.path, "w", newline="")
+        self.file = create_new(self.path)
         self.writer = csv.DictWriter(self.file, fieldnames=["unit", *self.names], restval="", extrasaction="ignore")
         self.writer.writeheader()
+        self.file.flush()
+        self.ends = array("q", [self.file.tell()])
         early, self.early, self.unit = self.early, [], 0
         for row in early:
             self._write(row)
@@ -113,39 +119,59 @@ class _Timings:
         self.writer.writerow({"unit": self.unit, **{s: f"{v:.3f}" for s, v in row.items()}})
         self.unit += 1
         self.file.flush()
+        self.ends.append(self.file.tell())
 
-    def close(self) -> bool:
-        """Finish the file; False when there was never a row (no file)."""
+    def close(self, units: int | None = None) -> bool:
+        """Finish the file (cut to its first `units` rows when given); False when there was never a row."""
+        if units is not None:
+            self.early = self.early[:units]
         if self.names is None and self.early:
             self._start()
-        if self.file is not None:
+        if self.file is not None and not self.file.closed:
+            if units is not None and units + 1 < len(self.ends):
+                self.file.truncate(self.ends[units])
             self.file.close()
         return self.file is not None
 
 
 class OutputStream:
-    """A session's outputs, written to `folder` unit by unit under temporary names (NAME.partial) and
-    renamed by `close`: out.wav (16-bit PCM, its header valid after every unit), out.mp4 (H.264, fed
-    per frame), out_audio.npy (unquantized float32, valid after every unit), text.jsonl (a line per
-    unit; text.json, the same as one JSON array, is made at close) and timings.csv (when there are
-    timings). Memory stays flat; after a hard kill the .partial files hold everything but the MP4."""
+    """A session's outputs, streamed to `folder` unit by unit: out.wav (16-bit PCM, its header valid
+    after every unit), out.mp4 (H.264, fragmented: playable at any cut), out_audio.npy (unquantized
+    float32, valid after every unit), text.jsonl (a line per unit; text.json, the same as one JSON
+    array, is made at close) and timings.csv (when there are timings). Memory stays flat.
+
+    Every file is first written as NAME.partial in a private folder `folder`/.partial-XXXXXXXX (mkdtemp:
+    new, mode 0700, so no link planted in `folder` is ever opened or written through) and renamed into
+    `folder` by `close` (a rename replaces a link at the final name, never follows it). After a hard
+    kill the .partial files there hold everything streamed. A stop before the end (a fault, a full
+    disk, a signal) cuts every output to the units all of them hold, and says that number."""
 
     def __init__(self, folder: Path, spec) -> None:
+        from unitio.growing import create_new
         from unitio.media import VideoWriter
         from unitio.npy import NpyWriter
         from unitio.wav import WavWriter
 
         self.folder, self.units, self.media_units = folder, 0, 0
+        self.samples, self.frames_per_unit = spec.sample_rate * spec.frames_per_unit // spec.fps, spec.frames_per_unit
+        self.spec = spec
+        self.stage = self._guard(".partial", lambda: Path(tempfile.mkdtemp(prefix=".partial-", dir=folder)))
         self.parts: dict[str, Path] = {}
-        self.wav = WavWriter(self._part("out.wav"), spec.sample_rate)
-        self.npy = NpyWriter(self._part("out_audio.npy"))
-        self.text = open(self._part("text.jsonl"), "w")
-        self.timings = _Timings(self._part("timings.csv"))
-        self.video = self._guard("out.mp4", lambda: VideoWriter(self._part("out.mp4"), spec.fps,
-                                                                spec.frame_height, spec.frame_width))
+        try:
+            self.wav = self._guard("out.wav", lambda: WavWriter(self._part("out.wav"), spec.sample_rate))
+            self.npy = self._guard("out_audio.npy", lambda: NpyWriter(self._part("out_audio.npy")))
+            self.text = self._guard("text.jsonl", lambda: create_new(self._part("text.jsonl")))
+            self.text_ends = array("q", [0])  # text.jsonl's size after n lines (8 bytes a unit)
+            self.timings = _Timings(self._part("timings.csv"))
+            self.video = self._guard("out.mp4", lambda: VideoWriter(self._part("out.mp4"), spec.fps,
+                                                                    spec.frame_height, spec.frame_width))
+        except BaseException:
+            shutil.rmtree(self.stage, ignore_errors=True)  # nothing was streamed: nothing left behind
+            raise
+        self.broken: set[str] = set()  # outputs a write failed on: their last unit may be partial
 
     def _part(self, name: str) -> Path:
-        self.parts[name] = self.folder / f"{name}.partial"
+        self.parts[name] = self.stage / f"{name}.partial"
         return self.parts[name]
 
     def _guard(self, name: str, write):
@@ -153,13 +179,15 @@ class OutputStream:
         try:
             return write()
         except OSError as e:
+            if hasattr(self, "broken"):
+                self.broken.add(name)
             full = " (disk full)" if e.errno == errno.ENOSPC else ""
-            raise OutputError(f"{self.folder / name}: could not be written{full}: {e.strerror or e}; "
-                              f"the {self.media_units} units before are kept") from None
+            raise OutputError(f"{self.folder / name}: could not be written{full}: {e.strerror or e}") from None
 
     def add_text(self, unit: int, tokens) -> None:
-        self._guard("text.jsonl", lambda: (self.text.write(json.dumps({"unit": unit, "tokens": tokens.tolist()}) + "\n"),
-                                           self.text.flush()))
+        line = json.dumps({"unit": unit, "tokens": tokens.tolist()}) + "\n"
+        self._guard("text.jsonl", lambda: (self.text.write(line), self.text.flush()))
+        self.text_ends.append(self.text.tell())
         self.units += 1
 
     def add_timings(self, row: dict[str, float]) -> None:
@@ -186,47 +214,103 @@ class OutputStream:
         stages = sorted(self.timings.values, key=lambda s: s == "total")
         return {s: percentiles(self.timings.values[s]) for s in stages}
 
+    def _video_units(self, problems: list[str]) -> int:
+        """Finish the MP4 -> the whole units it holds: all it was fed when ffmpeg exited 0, else what
+        decodes of what reached the disk (a fragmented MP4 plays up to its last whole fragment)."""
+        from unitio.media import count_frames
+        from unitio.units import InputError
+
+        try:
+            self.video.close()
+            if "out.mp4" not in self.broken:
+                return self.video.frames // self.frames_per_unit
+        except OSError as e:
+            problems.append(str(e))
+        try:
+            return count_frames(self.parts["out.mp4"]) // self.frames_per_unit
+        except InputError:
+            return 0
+
     def close(self, complete: bool = True) -> list[str]:
-        """Finalise every file (also after a fault: what was streamed is kept) and rename it; returns the
-        names. A file that cannot be finished raises OutputError when `complete`, else is only reported
-        (the fault that stopped the session is the error then). No media yet: no media files."""
-        problems, names = [], []
-        for name, finish in (("out.wav", self.wav.close), ("out_audio.npy", self.npy.close),
-                             ("text.jsonl", self.text.close), ("out.mp4", self.video.close),
-                             ("timings.csv", self.timings.close)):
+        """Finalise every file (also after a fault: what was streamed is kept, every output cut to the
+        units they all hold) and rename it into the folder; returns the names. A file that cannot be
+        finished raises OutputError when `complete`, else is only reported (the fault that stopped the
+        session is the error then). No unit of media: no media files; nothing empty is left."""
+        problems: list[str] = []
+        units = min(self.media_units, self._video_units(problems))
+        if not complete or units < self.media_units or self.broken:
+            cut = units  # every output to the units all of them hold
+        else:
+            cut = None
+        for name, finish in (("out.wav", lambda: self._cut_and_close(self.wav, cut)),
+                             ("out_audio.npy", lambda: self._cut_and_close(self.npy, cut)),
+                             ("text.jsonl", lambda: self._close_text(cut)),
+                             ("timings.csv", lambda: self.timings.close(cut))):
             try:
-                if finish() is not False and (self.media_units or name not in ("out.wav", "out_audio.npy", "out.mp4")):
-                    os.replace(self.parts[name], self.folder / name)
-                    names.append(name)
-                else:
-                    self.parts[name].unlink(missing_ok=True)
+                finish()
             except OSError as e:
                 problems.append(f"{self.folder / name}: {e.strerror or e}")
-        if "text.jsonl" in names:
-            try:
-                _jsonl_to_json(self.folder / "text.jsonl", self.folder / "text.json")
-                names.insert(names.index("text.jsonl"), "text.json")
-            except OSError as e:
-                problems.append(f"{self.folder / 'text.json'}: {e.strerror or e}")
-        state = "" if complete else ", stopped early: everything streamed so far"
-        console.print(f"wrote {self.folder}/: {', '.join(names) or 'nothing'} ({self.media_units} units of "
-                      f"output{state})")
+        names = self._publish(units, problems)
+        state = "" if complete else ", stopped early: every output cut to the units all of them hold"
+        console.print(f"wrote {self.folder}/: {', '.join(names) or 'nothing'} ({units} units of output{state})")
         if problems and complete:
-            raise OutputError("could not finish " + "; ".join(problems))
+            raise OutputError("could not finish " + "; ".join(problems) + f"; every output holds the first {units} units")
         for problem in problems:
             console.print(f"[red]could not finish[/] {escape(problem)}")
         return names
 
+    def _cut_and_close(self, writer, units: int | None) -> None:
+        try:
+            if units is not None:
+                writer.cut(units * self.samples)
+        finally:
+            writer.close()
 
-def _jsonl_to_json(src: Path, dst: Path) -> None:
-    """One JSON array of the objects in a JSON-lines file, line by line (flat memory)."""
-    part = dst.with_name(dst.name + ".partial")
-    with open(src) as lines, open(part, "w") as f:
-        f.write("[")
-        for i, line in enumerate(lines):
-            f.write(("," if i else "") + "\n" + line.rstrip("\n"))
-        f.write("\n]\n")
-    os.replace(part, dst)
+    def _close_text(self, units: int | None) -> None:
+        try:
+            if units is not None and units + 1 < len(self.text_ends):
+                self.text.flush()
+                self.text.truncate(self.text_ends[units])
+        finally:
+            self.text.close()
+
+    def _publish(self, units: int, problems: list[str]) -> list[str]:
+        """Rename the finished parts into the folder (none empty, no media without a unit of media),
+        make text.json, and remove the private folder."""
+        names = []
+        for name in ("out.wav", "out_audio.npy", "text.jsonl", "out.mp4", "timings.csv"):
+            part = self.parts[name]
+            media = name in ("out.wav", "out_audio.npy", "out.mp4")
+            if part.is_file() and part.stat().st_size and (units or not media):
+                try:
+                    os.replace(part, self.folder / name)
+                    names.append(name)
+                except OSError as e:
+                    problems.append(f"{self.folder / name}: {e.strerror or e}")
+        if "text.jsonl" in names:
+            try:
+                _jsonl_to_json(self.folder / "text.jsonl", self.stage / "text.json.partial", self.folder / "text.json")
+                names.insert(names.index("text.jsonl"), "text.json")
+            except OSError as e:
+                problems.append(f"{self.folder / 'text.json'}: {e.strerror or e}")
+        shutil.rmtree(self.stage, ignore_errors=True)
+        return names
+
+
+def _jsonl_to_json(src: Path, part: Path, dst: Path) -> None:
+    """One JSON array of the objects in a JSON-lines file, line by line (flat memory), written as the new
+    file `part` and renamed to `dst`."""
+    from unitio.growing import create_new
+
+    try:
+        with open(src, encoding="utf-8") as lines, create_new(part) as f:
+            f.write("[")
+            for i, line in enumerate(lines):
+                f.write(("," if i else "") + "\n" + line.rstrip("\n"))
+            f.write("\n]\n")
+        os.replace(part, dst)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def stream_session(step, flush, units, folder: Path, spec, label: str) -> OutputStream:

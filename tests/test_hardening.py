@@ -249,7 +249,9 @@ def _kept_units(out, tiny):
     from unitio.media import read_video
 
     assert read_video(out / "out.mp4", tiny.fps, tiny.frame_height, tiny.frame_width).shape[0] == 4 * units
-    assert not list(out.glob("*.partial"))
+    assert not list(out.glob("*.partial")) and not list(out.glob(".partial-*"))  # nothing left staged
+    assert all(p.stat().st_size for p in out.iterdir())  # no zero-byte leftovers
+    assert len(json.loads((out / "text.json").read_text())) == units  # every output cut to the same units
     return units
 
 
@@ -287,9 +289,12 @@ def test_sigterm_keeps_and_finalises_every_output(tiny_ort_engines, tmp_path, ti
     proc = subprocess.Popen([sys.executable, "-P", "-m", "streamer.cli", "run", "--engines", str(tiny_ort_engines),
                              "--units", "3000", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    partial = out / "out.wav.partial"
     deadline = time.time() + 120
-    while time.time() < deadline and (not partial.exists() or partial.stat().st_size < 44 + 2 * 3 * 3840 * 2):
+
+    def streamed() -> int:  # bytes in the private staging folder's out.wav.partial
+        return sum(p.stat().st_size for p in out.glob(".partial-*/out.wav.partial"))
+
+    while time.time() < deadline and streamed() < 44 + 2 * 3 * 3840 * 2:
         time.sleep(0.1)
     proc.terminate()  # SIGTERM
     _, err = proc.communicate(timeout=60)

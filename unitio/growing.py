@@ -1,32 +1,73 @@
 """A file with a fixed-size header that describes everything written so far (WAV, .npy): after each
-append the header is rewritten and the file flushed, so a reader sees a valid file at any moment."""
+append the header is rewritten, so a reader sees a valid file at any moment.
+
+The file is always new: created with O_CREAT | O_EXCL | O_NOFOLLOW, so a link or file planted at its
+name is never followed or overwritten (the open fails, naming it). Writes go straight to the
+descriptor (no buffer that a failed write, e.g. a full disk, would leave half-flushed), so `cut` can
+bring the file back to a whole number of items."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def create_new(path: str | Path, mode: str = "w"):
+    """Open a file that must not exist yet (no link followed, nothing truncated) -> a file object
+    (text mode "w" by default, "wb" for bytes)."""
+    fd = os.open(path, NEW_FILE, 0o644)
+    return os.fdopen(fd, mode, **({} if "b" in mode else {"newline": "", "encoding": "utf-8"}))
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
 
 class GrowingFile:
-    """Subclasses give `_header()` (always the same length) and call `_append(data)` after updating the
-    counts the header reads; set those counts before calling `__init__`."""
+    """Subclasses give `_header()` (always the same length), `_item_bytes`, `_count()` / `_set_count(n)`
+    (the items the header counts), and call `_append(data)` after raising the count; set the count
+    before `__init__`."""
+
+    _item_bytes = 1
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._file = open(self.path, "wb")
-        self._file.write(self._header())
-        self._file.flush()
+        self._fd: int | None = os.open(self.path, NEW_FILE, 0o644)
+        self._end = 0
+        header = self._header()
+        _write_all(self._fd, header, 0)
+        self._end = len(header)
 
     def _header(self) -> bytes:
         raise NotImplementedError
 
+    def _count(self) -> int:
+        raise NotImplementedError
+
+    def _set_count(self, count: int) -> None:
+        raise NotImplementedError
+
     def _append(self, data: bytes) -> None:
-        """Write `data` at the end, then the header for the new length at the start; flush."""
-        self._file.write(data)
-        self._file.seek(0)
-        self._file.write(self._header())
-        self._file.seek(0, os.SEEK_END)
-        self._file.flush()
+        """Write `data` at the end, then the header for the new length at the start."""
+        _write_all(self._fd, data, self._end)
+        self._end += len(data)
+        _write_all(self._fd, self._header(), 0)
+
+    def cut(self, count: int) -> None:
+        """Keep only the first `count` items (a failed append may have left part of one, or a unit the
+        other outputs lack): the file is cut to header + count items and the header rewritten."""
+        count = min(count, self._count())
+        self._set_count(count)
+        header = self._header()
+        self._end = len(header) + count * self._item_bytes
+        os.ftruncate(self._fd, self._end)
+        _write_all(self._fd, header, 0)
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)

@@ -90,17 +90,30 @@ def read_video(path: str | Path, fps: int, height: int, width: int) -> np.ndarra
 
 
 class VideoWriter:
-    """An H.264 mp4 fed frame by frame: ffmpeg (imageio-ffmpeg's, its own process group, so a terminal's
-    Ctrl-C does not reach it) encodes as frames come; `close` finalises the file."""
+    """An H.264 MP4 fed frame by frame to ffmpeg (imageio-ffmpeg's binary, in its own session so a
+    terminal's Ctrl-C does not reach it). Fragmented (`-movflags frag_keyframe+empty_moov`, a keyframe
+    each second): what reached the disk is playable at any cut (a full disk, a kill). `close` waits for
+    ffmpeg and raises OSError naming the file unless it exited 0."""
 
     def __init__(self, path: str | Path, fps: int, height: int, width: int) -> None:
+        import subprocess
+        import tempfile
+
         import imageio_ffmpeg
 
         self.path, self.shape, self.frames = Path(path), (height, width, 3), 0
-        self._gen = imageio_ffmpeg.write_frames(str(self.path), (width, height), fps=fps, codec="libx264", quality=8,
-                                                macro_block_size=1, ffmpeg_log_level="error",
-                                                output_params=["-f", "mp4"])  # the name may end in .partial
-        self._gen.send(None)  # starts ffmpeg
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}",
+               "-pix_fmt", "rgb24", "-r", str(fps), "-i", "-", "-an", "-vcodec", "libx264", "-pix_fmt", "yuv420p",
+               "-crf", "10", "-g", str(fps), "-movflags", "frag_keyframe+empty_moov", "-v", "error",
+               "-f", "mp4", str(self.path)]  # -f: the name may end in .partial
+        self._log = tempfile.TemporaryFile()  # ffmpeg's messages, read when it fails
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log,
+                                      start_new_session=True)
+
+    def _said(self) -> str:
+        self._log.seek(0)
+        lines = [line.strip() for line in self._log.read()[-4000:].decode(errors="replace").splitlines() if line.strip()]
+        return lines[-1][:200] if lines else f"exit status {self._proc.poll()}"
 
     def write(self, frames: np.ndarray) -> None:
         """Append uint8 frames [n, H, W, 3]."""
@@ -108,16 +121,25 @@ class VideoWriter:
             if frame.shape != self.shape or frame.dtype != np.uint8:
                 raise ValueError(f"{self.path}: expected uint8 frames {self.shape}, got {frame.dtype} {frame.shape}")
             try:
-                self._gen.send(np.ascontiguousarray(frame).tobytes())
-            except (OSError, RuntimeError) as e:
-                raise OSError(f"{self.path}: ffmpeg stopped taking frames: {_first_line(e)}") from None
+                self._proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+            except OSError as e:
+                self._proc.wait()
+                raise OSError(e.errno, f"{self.path}: ffmpeg stopped taking frames: {self._said()}") from None
             self.frames += 1
 
     def close(self) -> None:
+        """Finish the file: ffmpeg's input closed, its exit waited for and checked (OSError unless 0)."""
+        if self._proc.returncode is not None and self._log.closed:
+            return
         try:
-            self._gen.close()
-        except (OSError, RuntimeError) as e:
-            raise OSError(f"{self.path}: ffmpeg could not finish the file: {_first_line(e)}") from None
+            self._proc.stdin.close()
+        except OSError:
+            pass  # ffmpeg already gone: its exit status says why
+        code = self._proc.wait()
+        said = self._said() if code else ""
+        self._log.close()
+        if code:
+            raise OSError(f"{self.path}: ffmpeg could not finish the file (exit status {code}): {said}")
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int) -> None:

@@ -28,3 +28,11 @@ class NpyWriter(GrowingFile):
         data = np.ascontiguousarray(x, dtype="<f4").tobytes()
         self.count += int(np.size(x))
         self._append(data)
+
+    _item_bytes = 4
+
+    def _count(self) -> int:
+        return self.count
+
+    def _set_count(self, count: int) -> None:
+        self.count = count

@@ -145,9 +145,19 @@ class WavWriter(GrowingFile):
         self.samples += len(audio)
         self._append(data)
 
+    _item_bytes = 2
+
+    def _count(self) -> int:
+        return self.samples
+
+    def _set_count(self, count: int) -> None:
+        self.samples = count
+
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
-    """float [samples] in [-1, 1] -> 16-bit PCM mono WAV (the whole clip at once)."""
+    """float [samples] in [-1, 1] -> 16-bit PCM mono WAV (the whole clip at once; an existing file or link
+    at `path` is replaced, never written through)."""
+    Path(path).unlink(missing_ok=True)
     w = WavWriter(path, sample_rate)
     try:
         w.write(audio)

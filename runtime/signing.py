@@ -12,27 +12,49 @@ import base64
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
+
+from unitio.jsonsafe import loads_bounded
 
 SIGNATURE = "manifest.sig"
 FORMAT = "av-streamer-signature/1"
 _CONTEXT = b"av-streamer-engines-signature/1\x00"  # domain separation: this signature means only this
 _MAX_KEY_BYTES = 16_384
+_MAX_SIGNATURE_BYTES = 4096  # the JSON holds a key id and 88 base64 characters
 
 
 class SignatureError(ValueError):
     """A key that cannot be used, or an engine directory whose signature is missing or does not verify."""
 
 
-def _read_key_file(path: Path, what: str) -> bytes:
+def read_capped(path: Path, cap: int, what: str) -> bytes:
+    """The bytes of the regular file `path`, refused (SignatureError naming it) when it is missing, not a
+    regular file, or over `cap` bytes: the size is checked with fstat on the open file before reading,
+    and at most cap + 1 bytes are ever read (a file growing meanwhile is refused too)."""
     path = Path(path)
-    if not path.is_file():
-        raise SignatureError(f"{path}: no such {what} file")
-    data = path.read_bytes()[:_MAX_KEY_BYTES + 1]
-    if len(data) > _MAX_KEY_BYTES:
-        raise SignatureError(f"{path}: expected an Ed25519 {what} (a few hundred bytes), got a file over "
-                             f"{_MAX_KEY_BYTES} bytes")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO does not block the open
+    except FileNotFoundError:
+        raise SignatureError(f"{path}: no such {what} file") from None
+    except OSError as e:
+        raise SignatureError(f"{path}: cannot open the {what} file: {e.strerror or e}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise SignatureError(f"{path}: expected a regular {what} file, got something else (a folder, FIFO "
+                                 f"or device)")
+        if st.st_size > cap:
+            raise SignatureError(f"{path}: expected a {what} of at most {cap} bytes, got a file of {st.st_size} "
+                                 f"bytes (not read)")
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise SignatureError(f"{path}: expected a {what} of at most {cap} bytes, got more")
     return data
+
+
+def _read_key_file(path: Path, what: str) -> bytes:
+    return read_capped(path, _MAX_KEY_BYTES, f"Ed25519 {what}")
 
 
 def load_private_key(path: str | Path):
@@ -115,11 +137,12 @@ def verify_manifest(directory: str | Path, manifest_bytes: bytes, public_key_pat
 
     key = load_public_key(public_key_path)
     kid, sig_path = key_id(key), Path(directory) / SIGNATURE
-    if not sig_path.is_file():
+    if not sig_path.exists():
         raise SignatureError(f"{sig_path}: missing: expected an engine directory signed with {public_key_path} "
                              f"(key {kid}), got an unsigned one (sign it with `streamer build --sign KEY`)")
+    raw = read_capped(sig_path, _MAX_SIGNATURE_BYTES, f"{FORMAT} signature")
     try:
-        body = json.loads(sig_path.read_bytes()[:_MAX_KEY_BYTES])
+        body = loads_bounded(raw, _MAX_SIGNATURE_BYTES, max_depth=4)
         ok = (isinstance(body, dict) and body.get("format") == FORMAT and body.get("algorithm") == "ed25519"
               and isinstance(body.get("key_id"), str) and isinstance(body.get("signature"), str))
         signature = base64.b64decode(body["signature"], validate=True) if ok else b""

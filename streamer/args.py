@@ -66,3 +66,16 @@ def add_trust_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust", type=Path, metavar="PUBKEY",
                         help="refuse the engine directory unless it is signed with this Ed25519 public key "
                              "(`streamer keygen`, `streamer build --sign KEY`)")
+
+
+PATH_ARGS = ("trust", "engines", "weights", "calibration", "init", "from_onnx", "sign")
+
+
+def absolute_paths(args: argparse.Namespace) -> None:
+    """Make the input-path options (--trust, --engines, --weights, --calibration, --init, --from-onnx,
+    --sign) absolute against the working directory, in place, before any child process sees them
+    (a performer or torchrun worker runs in another folder). Symlinks are not resolved here."""
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, Path):
+            setattr(args, name, Path(os.path.abspath(value)))

@@ -21,6 +21,7 @@ Heavy imports (torch, model_src) happen inside the commands, so `streamer --help
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from .trust_cmds import add_keygen_command, check_bench_outputs, check_key_first
 def main(argv: list[str] | None = None) -> int:
     """Run one command -> exit code: 0 done, 1 verify failed, 2 refused (bad input or arguments, an output
     that cannot be written), 3 performer failed, 130 Ctrl-C, 143 SIGTERM. Never a traceback for these."""
+    os.environ["PYTHONSAFEPATH"] = "1"  # every child (resource tracker, torchrun/Ray workers): no cwd imports
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    types.absolute_paths(args)  # resolved once, here: a child started in another folder reads the same files
     try:
         return args.func(args) or 0
     except (Exception, KeyboardInterrupt, Terminated) as e:

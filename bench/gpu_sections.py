@@ -1,21 +1,30 @@
-"""The sections of bench/gpu_check.py: each takes the Context and returns a JSON-able dict."""
+"""The sections of bench/gpu_check.py: each takes the Context and returns a JSON-able dict.
+
+Each section runs in its own process (bench/gpu_check.py starts it and kills it at the deadline);
+`ctx.record(key, value)` writes a measurement to gpu_check.json as soon as it is taken, so a section
+killed later keeps what it measured.
+"""
 from __future__ import annotations
 
 import copy
 import importlib
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+NO_DATASHEET = "no datasheet entry"
 
 
 @dataclass
@@ -24,40 +33,76 @@ class Context:
     units: int
     device: str
     dry_run: bool
-    system: object = None  # the session's system (bf16, triton), reused by later sections
+    system: object = None  # the section's system (bf16, its attention), reused within the section
+    prime: int | None = None  # units streamed before timing (None: sink + window, the ring full)
+    attention: str = "triton"  # the headline's attention (a dry run: sdpa, the Triton interpreter is slow)
+    precision: str = "bf16"
+    plan_gpu: str | None = None  # the planning/gpus.toml entry to plan for (None: this GPU's, if it has one)
+    deadline_at: float = float("inf")  # epoch seconds: the run's hard deadline (the parent kills at it)
+    record: Callable[[str, object], None] = field(default=lambda key, value: None)  # a measurement -> the JSON
+
+    def seconds_left(self) -> float:
+        return self.deadline_at - time.time()
 
 
-def gpu_key() -> str:
-    """The planning/gpus.toml entry of this GPU (h100 when the name says nothing we know)."""
-    name = torch.cuda.get_device_name().lower() if torch.cuda.is_available() else ""
-    for key in ("h200", "b200", "a100", "l40s", "l4"):
-        if key in name:
-            return key
-    return "h100-pcie" if "h100" in name and "pcie" in name else "h100"
+def datasheet_key(name: str) -> str | None:
+    """The planning/gpus.toml entry of a GPU by its CUDA name, or None when the table has none for it
+    (another memory size, NVL, PCIe A100, GH200, ...): such a GPU is named, never priced as another."""
+    n = name.lower().replace("nvidia", " ").replace("-", " ")
+    if "nvl" in n:
+        return None
+    if re.search(r"\bh100\b", n):
+        return "h100-pcie" if "pcie" in n else "h100" if re.search(r"\b(sxm|hbm3)\b", n) else None
+    rules = ((r"\bh200\b", "h200"), (r"\ba100\b.*\bsxm4?\b.*\b80gb\b", "a100"),
+             (r"\bl40s\b", "l40s"), (r"\bl4\b", "l4"), (r"\bb200\b", "b200"))
+    return next((key for pattern, key in rules if re.search(pattern, n)), None)
+
+
+def gpu_key() -> str | None:
+    """This machine's GPU's planning/gpus.toml entry (None without CUDA or without an entry for it)."""
+    return datasheet_key(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+
+
+def _version(cmd: list[str]) -> str:
+    """The first line a tool prints for its version (or why it could not say)."""
+    if shutil.which(cmd[0]) is None and not Path(cmd[0]).is_file():
+        return "not found"
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"not run ({type(e).__name__})"
+    lines = [ln for ln in (run.stdout + run.stderr).splitlines() if ln.strip()]
+    return next((ln for ln in lines if "release" in ln), lines[0] if lines else f"rc {run.returncode}").strip()
 
 
 def env(ctx: Context) -> dict:
+    """Python, torch, triton, CUDA, the GPU (and its datasheet entry), the toolchain AOTInductor for CUDA
+    needs (CUDA_HOME, nvcc, g++), MPS, and which optional libraries import."""
     out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "platform": platform.platform()}
-    for lib in ("triton", "onnx", "onnxruntime", "tensorrt", "flash_attn", "safetensors"):
+           "platform": platform.platform(), "cuda_available": torch.cuda.is_available()}
+    for lib in ("triton", "onnx", "onnxruntime", "tensorrt", "flash_attn", "safetensors", "rich"):
         try:
             out[lib] = getattr(importlib.import_module(lib), "__version__", "?")
         except Exception as e:  # noqa: BLE001 - absent or broken: say which
-            out[lib] = f"not importable ({type(e).__name__})"
+            out[lib] = "not installed" if isinstance(e, ModuleNotFoundError) else f"not importable ({type(e).__name__})"
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    out["cuda_home"] = os.environ.get("CUDA_HOME") or CUDA_HOME or "not set"
+    nvcc = str(Path(CUDA_HOME) / "bin" / "nvcc") if CUDA_HOME else "nvcc"
+    out["nvcc"] = _version([nvcc if Path(nvcc).is_file() else "nvcc", "--version"])
+    out["gxx"] = _version(["g++", "--version"])
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
+        key = gpu_key()
         out.update(gpu=props.name, sms=props.multi_processor_count, memory_gib=round(props.total_memory / 2**30, 1),
-                   capability=f"{props.major}.{props.minor}", gpus=torch.cuda.device_count(), plan_key=gpu_key())
+                   capability=f"{props.major}.{props.minor}", gpus=torch.cuda.device_count(),
+                   plan_key=key or NO_DATASHEET)
         from runtime.device_process import mps_running
 
         out["mps"] = mps_running()
-        try:
-            out["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit",
-                                                "--format=csv,noheader"], capture_output=True, text=True,
-                                               timeout=10).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired) as e:
-            out["nvidia_smi"] = f"not run ({type(e).__name__})"
-    print("  " + ", ".join(f"{k} {v}" for k, v in out.items()))
+        out["nvidia_smi"] = _version(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit",
+                                      "--format=csv,noheader"])
+    print("  " + ", ".join(f"{k} {v}" for k, v in out.items()), flush=True)
     return out
 
 
@@ -71,64 +116,25 @@ def kernel_check(ctx: Context) -> dict:
 
 
 def _system(ctx: Context, attention: str = "triton"):
+    """The preset's system on the device in the context's precision (bf16), with `attention` inside (on a
+    dry run "triton" means the context's attention: the interpreter is too slow for whole sessions)."""
     from model_src.config import get_preset
     from model_src.system import build_system
 
     if ctx.system is None:
         system = build_system(get_preset(ctx.preset), seed=0, device=ctx.device)
-        system.model.to(torch.float32 if ctx.dry_run else torch.bfloat16)
+        system.model.to(getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[ctx.precision]))
         ctx.system = system
-    ctx.system.model.backbone.set_attn_impl("torch" if ctx.dry_run and attention == "triton" else attention)
+    ctx.system.model.backbone.set_attn_impl(ctx.attention if ctx.dry_run and attention == "triton" else attention)
     return ctx.system
 
 
 def session(ctx: Context) -> dict:
-    """The base preset on the device path, one-gpu placement, CUDA graphs, against the plan."""
-    from calibration.torch_engines import torch_device_parts
-    from runtime.device_session import DeviceSession
-    from unitio.media import split_units, synthetic_input
-    from unitio.timing import percentiles
+    """The headline: base, bf16, our kernel, one-gpu, CUDA graphs, steady state, against the plan
+    (bench/gpu_session.py)."""
+    from bench.gpu_session import headline
 
-    system = _system(ctx)
-    p = system.preset
-    t0 = time.perf_counter()
-    parts = torch_device_parts(system, ctx.device)
-    warmup, n = 3, ctx.units
-    audio, frames = synthetic_input(p, n + warmup, 0)
-    units = split_units(audio, frames, p, n + warmup)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    with DeviceSession(None, engines=parts, device=ctx.device, seed=0) as s:
-        setup_s = time.perf_counter() - t0
-        handed, done, latency = {}, [], []
-        for k, (a, f) in enumerate(units):
-            handed[k] = time.perf_counter()
-            r = s.step(a, f)
-            if r.audio is not None and k - 1 >= warmup:
-                latency.append(1000.0 * (time.perf_counter() - handed[k - 1]))
-            done.append(time.perf_counter())
-        s.flush()
-        ledger = [dict(row) for row in list(s.ledger.units)[warmup:n + warmup]]
-        graphs = s.graphs
-    cycle = np.diff(done[warmup:]) * 1000.0
-    per_unit = {d: float(np.mean([r[d] for r in ledger])) for d in ("h2d", "d2h", "d2d")}
-    out = {"preset": p.name, "precision": "fp32" if ctx.dry_run else "bf16", "attention": "torch" if ctx.dry_run else "triton",
-           "placement": "one-gpu", "cuda_graphs": graphs, "units": n, "setup_s": round(setup_s, 1),
-           "unit_ms": percentiles(cycle.tolist()), "latency_ms": percentiles(latency),
-           "bytes_per_unit": per_unit,
-           "gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
-    if not ctx.dry_run:
-        out["plan"] = _plan(p, "bf16")
-    print(f"  per unit p50 {out['unit_ms']['p50']:.1f} ms p99 {out['unit_ms']['p99']:.1f} ms; latency p50 "
-          f"{out['latency_ms']['p50']:.1f} ms; bus {per_unit['h2d'] / 1e6:.2f} MB in, {per_unit['d2h'] / 1e6:.2f} MB out")
-    return out
-
-
-def _plan(p, precision: str) -> dict:
-    from planning.budget import make_plan
-    from streamer.plan_cmds import plan_json
-
-    return plan_json(make_plan(p, gpu_key(), precision, "one-gpu"))
+    return headline(ctx)
 
 
 def _time_call(call, stream, repeats: int = 20) -> float:
@@ -180,6 +186,7 @@ def stage_attention(ctx: Context) -> dict:
         system = _system(ctx, attention)
         bound = _stage_calls(system, ctx.device)
         out[attention] = {n: _time_call(c, bound["stream"]) for n, c in bound["calls"].items()}
+        ctx.record(attention, out[attention])
         del bound
         print(f"  {attention}: " + ", ".join(f"{n} {ms:.2f} ms" for n, ms in out[attention].items()))
     out["speedup"] = {n: out["sdpa"][n] / out["triton"][n] for n in out["triton"]}
@@ -267,7 +274,8 @@ def _solve(system, device: str) -> torch.Tensor:
 
 
 def engines(ctx: Context) -> dict:
-    """tiny AOTInductor CUDA packages (`streamer build`), one-gpu and two-process placements."""
+    """tiny AOTInductor CUDA packages (`streamer build`, bounded by the deadline), one-gpu and two-process
+    placements. A failed or timed-out build fails the section with its rc and output's tail."""
     import tempfile
 
     if ctx.dry_run:
@@ -277,23 +285,32 @@ def engines(ctx: Context) -> dict:
 
     folder = Path(tempfile.mkdtemp()) / "tiny_aoti_cuda"
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "streamer.cli", "build", "--preset", "tiny", "--weights-seed", "0", "--backend", "aoti",
-           "--device", "cuda", "--precision", "bf16", "--out", str(folder)]
-    build = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    out = {"build_s": round(time.perf_counter() - t0, 1), "build_rc": build.returncode}
-    if build.returncode != 0:
-        out["build_error"] = (build.stdout + build.stderr)[-2000:]
-        return out
+    cmd = [sys.executable, "-P", "-m", "streamer.cli", "build", "--preset", "tiny", "--weights-seed", "0", "--backend",
+           "aoti", "--device", "cuda", "--precision", "bf16", "--out", str(folder)]
+    limit = max(1.0, ctx.seconds_left() - 60.0)  # a minute kept for the two placements' runs
+    try:
+        build = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+        rc, text = build.returncode, build.stdout + build.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, text = "timed out", f"{(e.stdout or b'')[-1500:]!r} {(e.stderr or b'')[-1500:]!r}"
+    ctx.record("build_s", round(time.perf_counter() - t0, 1))
+    ctx.record("build_rc", rc)
+    if rc != 0:
+        ctx.record("build_error", text[-2000:])
+        raise RuntimeError(f"streamer build --backend aoti --device cuda: rc {rc} after {time.perf_counter() - t0:.0f} s"
+                           f" (limit {limit:.0f} s): {(text.strip().splitlines() or [''])[-1][:300]}")
     from model_src.config import get_preset
 
     p = get_preset("tiny")
     audio, frames = synthetic_input(p, 12, 0)
     units = split_units(audio, frames, p, 12)
-    runs = {}
+    runs, out = {}, {}
     for placement in ("one-gpu", "two-process"):
         r = bench_mode(folder, placement, units, seed=0, threads=None, warmup=2, device="cuda")
         runs[placement] = r
         out[placement] = {k: r[k] for k in ("unit_ms", "latency_ms", "bytes_per_unit", "cuda_graphs", "notes")}
+        ctx.record(placement, out[placement])
     out["bitwise_equal"] = bool(np.array_equal(runs["one-gpu"]["audio"], runs["two-process"]["audio"])
                                 and np.array_equal(runs["one-gpu"]["tokens"], runs["two-process"]["tokens"]))
     print(f"  tiny aoti cuda: one-gpu {out['one-gpu']['unit_ms']['p50']:.2f} ms, two-process "
@@ -301,7 +318,6 @@ def engines(ctx: Context) -> dict:
     return out
 
 
-# name -> (function, seconds it needs at least, on an H100)
-SECTIONS = {"env": (env, 1), "kernel_check": (kernel_check, 15), "session": (session, 60),
-            "stage_attention": (stage_attention, 40), "kernel_timing": (kernel_timing, 60),
-            "fp8_flow": (fp8_flow, 30), "engines": (engines, 120)}
+# name -> function; bench/gpu_check.py holds their order and time budgets (it does not import torch)
+SECTIONS = {"env": env, "session": session, "kernel_check": kernel_check, "stage_attention": stage_attention,
+            "kernel_timing": kernel_timing, "fp8_flow": fp8_flow, "engines": engines}

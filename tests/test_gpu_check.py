@@ -1,0 +1,104 @@
+"""bench/gpu_check.py, run as on a GPU machine but on the CPU (--dry-run: tiny, bf16 device path, imports
+limited to the GPU image's): the JSON and the markdown hold the headline's measurements; a section that
+imports a library the image lacks fails and shows as failed; the deadline kills a section that hangs;
+no CUDA outside a dry run is a non-zero exit with a JSON that says so. Plants go in through a
+sitecustomize on PYTHONPATH that the section processes load (tests/planted_import.py)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECK = [sys.executable, "-P", str(ROOT / "bench" / "gpu_check.py")]
+
+
+def _run(args: list[str], env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(CHECK + args, cwd="/", capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def _plant(tmp_path: Path, target: str, action: str) -> dict:
+    """Environment that makes module `target`, once imported in a section's process, `import rich` or hang."""
+    folder = tmp_path / "plant"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text((ROOT / "tests" / "planted_import.py").read_text())
+    return {"PYTHONPATH": str(folder), "PLANT_TARGET": target, "PLANT_ACTION": action,
+            "PLANT_PID": str(tmp_path / "planted.pid")}
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check")
+    run = _run(["--dry-run", "--units", "8", "--sections", "env,session", "--out", str(out)])
+    return run, json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text()
+
+
+def test_dry_run_measures_the_headline(dry_run):
+    run, results, md = dry_run
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    env, ses = results["sections"]["env"], results["sections"]["session"]
+    assert env["status"] == "ok" and {"cuda_home", "nvcc", "gxx"} <= set(env)
+    assert ses["status"] == "ok", ses.get("error")
+    assert ses["setup"]["precision"] == "bf16" and ses["setup"]["preset"] == "tiny"
+    assert ses["cache_fill"]["fraction"] == 1.0 and ses["cache_fill"]["primed_units"] == 16  # tiny: 1 + 15 units
+    for key in ("step_ms", "cycle_ms", "latency_ms"):
+        assert ses[key]["p50"] > 0 and ses[key]["p99"] is None and "no p99" in ses[key]["p99_note"]  # 8 < 200
+    assert ses["step_ms"]["n"] == ses["latency_ms"]["n"] == 8
+    phases = ses["phase_ms"]
+    assert set(phases) == {"encode", "think", "handover", "flow", "decode"}
+    assert all(ses["latency_ms"]["p50"] >= d["p50"] for d in phases.values())  # the sum of the phases
+    assert all(c["equal"] for c in ses["bytes_check"].values()), ses["bytes_check"]
+    assert ses["plan"]["gpu_key"] == "h100" and ses["plan"]["latency_ms"] > 0
+    assert "imports_refused" in ses  # the section ran behind the image's finder
+    assert "Model-side latency of unit k" in md and "| model-side latency |" in md
+    assert f"| step time per unit | {ses['step_ms']['p50']:.1f} |" in md
+    assert "| h2d |" in md and "100 % full" in md
+
+
+def test_a_planted_import_of_rich_fails_the_headline(tmp_path):
+    """The mutation: runtime.device_session, on the headline's path, imports rich. Without the finder it
+    imports (rich is installed here); behind it the section fails, and the JSON and markdown say so."""
+    env = _plant(tmp_path, "runtime.device_session", "import")
+    assert importlib.util.find_spec("rich") is not None
+    plain = subprocess.run([sys.executable, "-P", "-c", "import runtime.device_session, sys; print('rich' in sys.modules)"],
+                           cwd="/", capture_output=True, text=True, timeout=120, env={**os.environ, **env,
+                                                                                    "PYTHONPATH": f"{env['PYTHONPATH']}:{ROOT}"})
+    assert plain.stdout.strip() == "True", plain.stderr[-2000:]
+    run = _run(["--dry-run", "--units", "2", "--sections", "session", "--out", str(tmp_path)], env)
+    assert run.returncode == 1, run.stdout[-3000:]
+    ses = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]["session"]
+    assert ses["status"] == "failed" and "No module named 'rich'" in ses["error"]
+    assert "not in the GPU image" in ses["error"] and "rich" in ses["imports_refused"]
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| session | FAILED |" in md and "No module named 'rich'" in md
+
+
+def test_the_deadline_kills_a_hung_section(tmp_path):
+    env = _plant(tmp_path, "runtime.device_session", "hang")
+    t0 = time.monotonic()
+    run = _run(["--dry-run", "--deadline-s", "12", "--sections", "session", "--out", str(tmp_path)], env, timeout=120)
+    took = time.monotonic() - t0
+    assert run.returncode == 1, run.stdout[-3000:]
+    results = json.loads((tmp_path / "gpu_check.json").read_text())
+    ses = results["sections"]["session"]
+    assert ses["status"] == "timed out" and "deadline" in ses["error"], ses
+    assert took < 12 + 15, took  # the deadline counts from the process start; killing takes a moment
+    pid = int((tmp_path / "planted.pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the hung process is gone (its group was killed)
+    assert "| session | TIMED OUT |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_no_cuda_is_an_error_with_a_json(tmp_path):
+    run = _run(["--sections", "env", "--out", str(tmp_path)])
+    assert run.returncode == 4, run.stdout[-2000:] + run.stderr[-2000:]
+    results = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert "no CUDA device" in results["no_cuda"] and results["headline_ok"] is False
+    assert "**No CUDA device**" in (tmp_path / "gpu_check.md").read_text()

@@ -3,8 +3,9 @@ time warping against renderings of each answer word in the model's own voice. nu
 espeak renderings of training/speech.py), so it scores torch, every engine and every precision alike.
 
 - Features: 40 log-mel bands (60-7600 Hz) of 512-sample Hann frames every 240 samples (10 ms) at
-  24 kHz; the segment between its first and last frame louder than SILENCE_RMS and within
-  SPAN_DB of its loudest frame; the mean of each band removed (loudness and channel drop out).
+  24 kHz; the segment between its first and last frame louder than EDGE_RMS and within SPAN_DB of its
+  loudest frame and, in an answer window, louder than FLOOR_FACTOR x its background (the 10th
+  percentile of its frames' RMS) or BACKGROUND_DB below the loudest frame, whichever is lower; the mean of each band removed (loudness and channel drop out).
 - Templates: each word rendered in the voice at TEMPLATE_RATES x its rate.
 - Distance: DTW with steps advancing one side by 1 and the other by 0, 1 or 2, run both ways and
   averaged, each normalized by the length of the side that advances by 1; per word the nearest template.
@@ -25,6 +26,9 @@ SAMPLE_RATE = speech.SAMPLE_RATE
 N_FFT, HOP, N_MELS, FMIN, FMAX = 512, 240, 40, 60.0, 7600.0
 SILENCE_RMS = 0.02  # a segment whose loudest 10 ms frame is quieter than this says nothing (answers: ~0.1-0.3)
 SPAN_DB = 35.0  # frames this far below the loudest are the segment's silent edges
+EDGE_RMS = 0.004  # and frames quieter than this (the edges of a quiet answer are kept down to here)
+FLOOR_PERCENTILE, FLOOR_FACTOR = 10, 3.0  # and frames less than 3x (~10 dB) the background's loudness
+BACKGROUND_DB = 20.0  # ... unless that is within this of the loudest frame
 REJECT = 3.0  # mean per-frame distance above which the nearest word is no match (calibration in the docs)
 NOISE_RATIO = 0.7  # noise, not a word, when the nearest noise template is nearer than this x the nearest word
 TEMPLATE_RATES = (0.88, 1.0, 1.12)
@@ -60,15 +64,21 @@ def frames_of(x: np.ndarray) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP]
 
 
-def features(x: np.ndarray) -> np.ndarray | None:
+def features(x: np.ndarray, background: bool = True) -> np.ndarray | None:
     """A waveform at 24 kHz -> mean-removed log-mel features [T, N_MELS] of its loud segment, or None
-    when it is silent (no 10 ms frame louder than SILENCE_RMS)."""
+    when it is silent (no 10 ms frame louder than SILENCE_RMS). With `background` (an answer window, mostly
+    not the word) the segment also leaves out frames near the window's background loudness; without it
+    (a clean rendering, already trimmed) only the quiet edges go."""
     frames = frames_of(x)
     rms = np.sqrt((frames ** 2).mean(1))
     if rms.max(initial=0.0) < SILENCE_RMS:
         return None
     db = 20 * np.log10(np.maximum(rms, 1e-9))
-    loud = np.flatnonzero((rms >= SILENCE_RMS) & (db >= db.max() - SPAN_DB))
+    edge = EDGE_RMS
+    if background:  # never closer to the loudest frame than BACKGROUND_DB (the word may fill the window)
+        floor = FLOOR_FACTOR * float(np.percentile(rms, FLOOR_PERCENTILE))
+        edge = max(edge, min(floor, float(rms.max()) * 10 ** (-BACKGROUND_DB / 20)))
+    loud = np.flatnonzero((rms >= edge) & (db >= db.max() - SPAN_DB))
     frames = frames[loud[0]:loud[-1] + 1]
     power = np.abs(np.fft.rfft(frames * _WINDOW, axis=1)) ** 2
     logmel = np.log(np.maximum(power @ _MEL.T, 1e-10))
@@ -137,10 +147,10 @@ class Recognizer:
         for w, word in enumerate(self.words):
             for r in rates:
                 v = speech.Voice(voice.accent, voice.variant, int(round(voice.rate * r)), voice.pitch, voice.range, voice.volume)
-                self.templates.append(features(speech.render(word, v)))
+                self.templates.append(features(speech.render(word, v), background=False))
                 self.labels.append(w)
         for k, noise in enumerate(garbage()):  # what no word sounds like: label -1
-            self.templates.append(features(noise))
+            self.templates.append(features(noise, background=False))
             self.labels.append(-1)
         self.labels = np.array(self.labels)
 

@@ -103,6 +103,9 @@ def test_speakers_split_disjoint():
     assert not {v.variant for v in train} & {v.variant for v in held}  # held-out voices are never heard
     assert speech.MODEL_VOICE not in set(train) | set(held)
     assert speech.speakers(0, "train") == train and speech.speakers(1, "heldout") != held
+    # no user's voice clips, even at the highest pitch and the slowest rate
+    for variant in speech.USER_VARIANTS:
+        assert np.abs(speech.synthesize("green?", speech.Voice("en-us", variant, 125, 85, volume=speech.USER_VOLUME))).max() < 32000
 
 
 def test_recognizer_hears_words_not_waveforms(recognizer):

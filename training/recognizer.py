@@ -108,8 +108,9 @@ def dtw_distances(query: np.ndarray, templates: list[np.ndarray]) -> np.ndarray:
     padded = np.zeros((len(templates), m, query.shape[1]), np.float32)
     for k, t in enumerate(templates):
         padded[k, :len(t)] = t
-    diff = query[None, :, None, :] - padded[:, None, :, :]  # [K, N, M, D]
-    cost = np.sqrt((diff ** 2).sum(-1) / query.shape[1])  # RMS difference per band
+    # squared distances [K, N, M] as |q|^2 + |t|^2 - 2 q.t (no [K, N, M, D] difference array)
+    sq = (query ** 2).sum(1)[None, :, None] + (padded ** 2).sum(2)[:, None, :] - 2 * np.einsum("nd,kmd->knm", query, padded)
+    cost = np.sqrt(np.maximum(sq, 0.0) / query.shape[1])  # RMS difference per band
     ks, n = np.arange(len(templates)), len(query)
     forward = _dtw_rows(np.where(np.arange(m)[None, None, :] < lengths[:, None, None], cost, np.inf))
     backward = _dtw_rows(np.ascontiguousarray(cost.transpose(0, 2, 1)))

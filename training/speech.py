@@ -46,6 +46,7 @@ USER_VARIANTS = (
 RATES_WPM = (125, 150, 175, 205, 240)
 PITCHES = (25, 40, 55, 70, 85)
 HELDOUT_FRACTION = 0.25  # of the variants
+USER_VOLUME = 60  # espeak's volume for the users: some variants clip at 100 (the conversation sets the loudness)
 
 
 @dataclass(frozen=True)
@@ -229,4 +230,5 @@ def speakers(seed: int = 0, split: str = "train") -> tuple[Voice, ...]:
     order = np.random.default_rng([int(seed), 23]).permutation(len(USER_VARIANTS))
     n_held = round(HELDOUT_FRACTION * len(USER_VARIANTS))
     chosen = sorted(order[:n_held] if split == "heldout" else order[n_held:])
-    return tuple(Voice(a, USER_VARIANTS[v], r, p) for v in chosen for a in ACCENTS for r in RATES_WPM for p in PITCHES)
+    return tuple(Voice(a, USER_VARIANTS[v], r, p, volume=USER_VOLUME)
+                 for v in chosen for a in ACCENTS for r in RATES_WPM for p in PITCHES)

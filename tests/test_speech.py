@@ -143,6 +143,9 @@ def test_conversation_is_seeded_and_consistent(tiny, conversations):
             assert (c.words[t.end + 1:t.end + 1 + t.spoken_units] == spoken.WORD_IDS[t.answer]).all()
             assert (c.shown[t.start:t.end + 1] == t.shown).all()
             assert np.abs(c.user_audio[t.start:t.end + 1]).max() > 0.05  # the user is heard
+        for t, nxt in zip(c.turns, c.turns[1:] + [None]):  # an answer stops only for a question (or the end)
+            if t.spoken_units < t.answer_units:
+                assert (nxt is not None and nxt.start == t.end + 1 + t.spoken_units) or t.end + 1 + t.spoken_units == c.units
         quiet = ~c.model_speaking
         assert (c.words[quiet] == spoken.SIL).all() and not c.model_audio[quiet].any()
     frames = conversations[0].model_frames(tiny.frame_height, tiny.frame_width, tiny.frames_per_unit)

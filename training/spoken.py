@@ -48,7 +48,7 @@ class Turn:
     shown: int  # colour index of the square
     answer: int  # index into ANSWER_WORDS
     answer_units: int  # units the whole answer lasts
-    spoken_units: int  # units of it the model says before a barge-in or the end (<= answer_units)
+    spoken_units: int  # units of it the model says before the next question or the end (<= answer_units)
     square: tuple[float, float]  # top-left corner of the square (fractions of the free height, width)
 
 
@@ -90,6 +90,9 @@ class SpokenConversation:
 
     def mouth(self, frames_per_unit: int) -> np.ndarray:
         """The target mouth opening per video frame: float32 [U * F] in [0, 1], from the answer's RMS."""
+        if not isinstance(frames_per_unit, int) or frames_per_unit < 1 or self.model_audio.shape[1] % frames_per_unit:
+            raise ValueError(f"frames_per_unit: expected a positive divisor of {self.model_audio.shape[1]} samples per unit, "
+                             f"received {frames_per_unit!r}")
         per_frame = self.model_audio.reshape(self.units * frames_per_unit, -1)
         return np.clip(np.sqrt((per_frame ** 2).mean(1)) / MOUTH_FULL_RMS, 0.0, 1.0).astype(np.float32)
 
@@ -180,10 +183,13 @@ def make_spoken(units: int, seed, split: str = "train", speaker_seed: int = 0,
         user[onset:onset + len(question)] += question
         user_speaking[k:end + 1] = True
         shown[k:end + 1] = colour
-        spoken = max(0, min(n_reply, nxt - end - 1, units - end - 1))
-        model[(end + 1) * s:(end + 1 + spoken) * s] = np.pad(reply, (0, n_reply * s - len(reply)))[:spoken * s]
-        turns.append(Turn(k, end, asked, colour, answer, n_reply, spoken, square))
+        turns.append(Turn(k, end, asked, colour, answer, n_reply, 0, square))
         k = nxt
+    for i, t in enumerate(turns):  # each answer runs until the next question really starts, or the end
+        until = turns[i + 1].start if i + 1 < len(turns) else units
+        t.spoken_units = max(0, min(t.answer_units, until - t.end - 1))
+        reply = speech.render(ANSWER_WORDS[t.answer], speech.MODEL_VOICE)
+        model[(t.end + 1) * s:(t.end + 1 + t.spoken_units) * s] = np.pad(reply, (0, t.answer_units * s - len(reply)))[:t.spoken_units * s]
     model_speaking = np.zeros(units, bool)
     answer_of = np.full(units, -1, np.int64)
     for t in turns:

@@ -156,19 +156,22 @@ def test_conversation_is_seeded_and_consistent(tiny, conversations):
 
 def test_conversation_is_the_same_in_another_process(tmp_path):
     """A seed gives the same audio in a fresh process that rendered other speech first (what 2 DDP
-    processes need), run from a folder that is not the repository."""
+    processes need), run from a folder that is not the repository, without importing torch."""
     import hashlib
     import subprocess
     import sys
 
-    code = ("import hashlib; from training import speech, spoken; "
+    code = ("import hashlib, sys; from training import recognizer, speech, spoken; "
             "speech.render('hello there', speech.Voice('en', 'f4', 205, 70)); "
             "c = spoken.make_spoken(60, 7, 'heldout'); "
-            "print(hashlib.sha256(c.user_audio.tobytes() + c.model_audio.tobytes()).hexdigest())")
+            "print(hashlib.sha256(c.user_audio.tobytes() + c.model_audio.tobytes()).hexdigest()); "
+            "print(sorted({'torch', 'model_src'} & set(sys.modules)))")
     child = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert child.returncode == 0, child.stderr[-2000:]
+    digest, heavy = child.stdout.split()[0], child.stdout.strip().splitlines()[-1]
     c = spoken.make_spoken(60, 7, "heldout")
-    assert child.stdout.strip() == hashlib.sha256(c.user_audio.tobytes() + c.model_audio.tobytes()).hexdigest()
+    assert digest == hashlib.sha256(c.user_audio.tobytes() + c.model_audio.tobytes()).hexdigest()
+    assert heavy == "[]"  # speech, the conversation and the recognizer need neither torch nor the model
 
 
 def test_long_pauses_and_barge_ins_occur():

@@ -15,10 +15,11 @@ launch_us, graph_launch_us, kernel_gap_us: microseconds), plus `source` (require
 """
 from __future__ import annotations
 
-import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+from unitio.jsonsafe import loads_bounded
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,8 @@ def load_measured(path: Path) -> dict[str, dict]:
     """A measured-efficiency file (TOML or JSON, the format above) -> {gpu key: {figure: value, source}}."""
     text = Path(path).read_text()
     try:
-        data = json.loads(text) if Path(path).suffix == ".json" else tomllib.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as e:
+        data = loads_bounded(text, 1 << 20, 8) if Path(path).suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError, RecursionError) as e:
         raise ValueError(f"--measured {path}: not valid {'JSON' if Path(path).suffix == '.json' else 'TOML'}: {e}") from None
     table = data.get("measured")
     if not isinstance(table, dict):

@@ -307,9 +307,10 @@ _host_path = functools.lru_cache(maxsize=8)(host_path_traffic)
 def _parameters(p: Preset) -> tuple[int, int]:
     """(transformer parameters, codec parameters) of preset p."""
     from model_src.model import parameter_count
-    from model_src.system import build_system
 
-    system = build_system(p, device="meta")
+    from .count import meta_system
+
+    system = meta_system(p)
     return parameter_count(system.model), parameter_count(system.audio_vae) + parameter_count(system.video_vae)
 
 

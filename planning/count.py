@@ -13,6 +13,7 @@ every build keeps them.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -76,10 +77,30 @@ def _meta_inputs(system, p: Preset, dtype: torch.dtype) -> dict[str, tuple]:
 
 
 def count_stages(p: Preset, precision: str = "bf16") -> list[StageCost]:
-    """The cost of one call of every stage of preset `p` built at `precision` (fp32 | bf16 | fp16 | fp8)."""
+    """The cost of one call of every stage of preset `p` built at `precision` (fp32 | bf16 | fp16 | fp8).
+    Counted once per (preset, precision) in a process; the result is shared: do not modify it."""
     if precision not in DTYPES:
         raise ValueError(f"precision {precision!r}: expected one of {list(DTYPES)}")
-    system = build_system(p, device="meta")
+    return _count_stages(p, precision)
+
+
+def meta_system(p: Preset):
+    """build_system(p) on the meta device without running the weight initializers (meta tensors hold no
+    values; the initializers' meta kernels are most of the build's time)."""
+    names = ("normal_", "zeros_", "ones_", "uniform_", "kaiming_uniform_", "trunc_normal_", "constant_")
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda t, *a, **k: t)
+        return build_system(p, device="meta")
+    finally:
+        for n, f in saved.items():
+            setattr(torch.nn.init, n, f)
+
+
+@functools.lru_cache(maxsize=16)
+def _count_stages(p: Preset, precision: str) -> list[StageCost]:
+    system = meta_system(p)
     system.model.to(DTYPES[precision])
     system.model.backbone.set_attn_impl("torch")
     scale = ELEMENT[precision] / torch.empty((), dtype=DTYPES[precision]).element_size()
@@ -125,7 +146,8 @@ class _labelled:
 
         def run_layers(x, cos, sin, ctx):
             passes[0] += 1
-            before, rec.part = rec.part, f"pass {passes[0]} ({x.shape[1]} tokens)"
+            n = x.shape[1]
+            before, rec.part = rec.part, f"pass {passes[0]} ({n} token{'' if n == 1 else 's'})"
             try:
                 return original_run(x, cos, sin, ctx)
             finally:

@@ -49,10 +49,10 @@ def unit_traffic(p: Preset, placement: str, precision: str = "bf16", peer: bool 
 
 def host_path_traffic(p: Preset, precision: str = "bf16") -> dict[str, int]:
     """{"h2d", "d2h"} bytes per unit of the host path on a GPU (what the device path replaced)."""
-    from model_src.system import build_system
+    from .count import meta_system
 
     s = _sizes(p, precision)
-    system = build_system(p, device="meta")
+    system = meta_system(p)
     av, vv = system.audio_vae, system.video_vae
     states = sum(math.prod(t.shape) * 4 for init in (av.init_encoder_state, vv.init_encoder_state,
                                                      av.init_decoder_state, vv.init_decoder_state) for t in init(1))

@@ -18,8 +18,9 @@ def add_plan_command(sub) -> None:
     plan.add_argument("--preset", default="base", help="tiny | small | base | large (default base)")
     plan.add_argument("--gpu", default="h100", help="a GPU of planning/gpus.toml: h100, h100-pcie, h200, a100, l40s, "
                                                     "l4, b200 (default h100)")
-    plan.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16", "fp8"],
-                      help="the transformer stages' weights and KV cache (codecs stay fp32; default bf16)")
+    plan.add_argument("--precision", default="bf16", type=_precisions,
+                      help="fp32 | bf16 | fp16 | fp8: the transformer stages' weights and KV cache (codecs stay fp32; "
+                           "default bf16)")
     plan.add_argument("--placement", default="one-gpu", choices=["one-gpu", "two-gpu", "two-process"])
     plan.add_argument("--no-graphs", action="store_true", help="price every kernel launch (no CUDA graphs)")
     plan.add_argument("--batch", type=int, metavar="B", help="plan B sessions per engine call (weights read once per "
@@ -28,7 +29,16 @@ def add_plan_command(sub) -> None:
     plan.add_argument("--measured", type=Path, metavar="FILE", help="measured efficiencies ([measured.<gpu>] tables, "
                       "TOML or JSON; see planning/assumptions.py) in place of the defaults")
     plan.add_argument("--json", type=Path, help="write the plan as JSON here")
+    plan.add_argument("--markdown", action="store_true", help="print docs/BENCHMARKS.md's plan tables (single session; "
+                      "sessions per GPU) for every preset, GPU and precision given as comma lists")
     plan.set_defaults(func=cmd_plan)
+
+
+def _precisions(text: str) -> str:
+    for x in text.split(","):
+        if x not in ("fp32", "bf16", "fp16", "fp8"):
+            raise argparse.ArgumentTypeError(f"precision {x!r}: expected fp32, bf16, fp16 or fp8")
+    return text
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -37,9 +47,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from planning.batch import gpus_for, max_batch
     from planning.budget import make_plan
 
-    p = get_preset(args.preset)
     measured = load_measured(args.measured) if args.measured else None
     graphs = not args.no_graphs
+    if args.markdown:
+        from .plan_tables import print_tables
+
+        return print_tables(args.preset.split(","), args.gpu.split(","), args.precision.split(","), args.placement,
+                            graphs, measured)
+    p = get_preset(args.preset)
     if args.batch is not None and args.batch < 1:
         raise ValueError(f"--batch {args.batch}: expected at least 1 session per call")
     plan = make_plan(p, args.gpu, args.precision, args.placement, graphs=graphs, batch=args.batch or 1,

@@ -10,6 +10,7 @@ plan then names the measurement as the source.
     codec = 0.17
     source = "bench/gpu_check.py, 2026-12-01, H100 SXM"
 
+`python -m planning.measured gpu_check.json --out FILE` writes such a file from a GPU run (planning/measured.py).
 Keys: any of DEFAULTS' keys (gemm, attention, codec, memory, bus: fractions in (0, 1];
 launch_us, graph_launch_us, kernel_gap_us: microseconds), plus `source` (required).
 """

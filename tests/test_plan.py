@@ -238,9 +238,12 @@ def _documented_plan_commands() -> list[str]:
     return commands
 
 
-def test_every_documented_plan_command_runs(capsys):
-    """Each `streamer plan` command in README.md and docs/BENCHMARKS.md runs through the CLI, and the
-    tables the markdown one prints are the tables BENCHMARKS shows."""
+def test_every_documented_plan_command_runs(capsys, tmp_path, monkeypatch):
+    """Each `streamer plan` command in README.md and docs/BENCHMARKS.md runs through the CLI (in a folder
+    holding the measured.toml that `python -m planning.measured` would write), and the tables the
+    markdown one prints are the tables BENCHMARKS shows."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "measured.toml").write_text('[measured.h100]\ncodec = 0.15\nsource = "a gpu_check run"\n')
     commands = _documented_plan_commands()
     assert any("--markdown" in c for c in commands) and len(commands) >= 2
     benchmarks = (ROOT / "docs" / "BENCHMARKS.md").read_text()
@@ -265,3 +268,34 @@ def test_planning_imports_only_what_the_gpu_image_has():
                 [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
             for name in names:
                 assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
+
+
+def test_gpu_check_phases_fit_back_to_the_efficiencies(tmp_path, capsys):
+    """A session measured at codec 12 % and attention 35 % (made here from a plan at those figures, in
+    gpu_check.json's shape) fits back to them, and the written file plans the same unit."""
+    from planning import measured
+    from planning.budget import make_plan
+
+    p = get_preset("base")
+    truth = make_plan(p, "h100", measured={"h100": {"codec": 0.12, "attention": 0.35, "source": "truth"}})
+    by = {s.cost.name: s.per_unit_ms for s in truth.stages}
+    phases = {"encode": by["audio_enc"] + by["video_enc"], "think": by["thinker_step"], "flow": by["flow_step"],
+              "decode": by["audio_dec"] + by["video_dec"]}
+    check = {"sections": {"session": {"status": "ok", "setup": {"preset": "base", "precision": "bf16"},
+                                      "cuda_graphs": True, "plan": {"gpu_key": "h100"},
+                                      "phase_ms": {k: {"p50": v} for k, v in phases.items()}}}}
+    key, table, notes = measured.from_gpu_check(check)
+    assert key == "h100" and not notes
+    assert table["codec"] == pytest.approx(0.12, abs=1e-3) and table["attention"] == pytest.approx(0.35, abs=1e-3)
+    (tmp_path / "gpu_check.json").write_text(json.dumps(check))
+    path = tmp_path / "measured.toml"  # the documented command: python -m planning.measured gpu_check.json --out F
+    assert measured.main([str(tmp_path / "gpu_check.json"), "--out", str(path)]) == 0
+    assert path.read_text() == measured.to_toml(key, table)
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--preset", "base", "--gpu", "h100", "--measured", str(path), "--json", str(out)]) == 0
+    again = json.loads(out.read_text())
+    assert again["unit_ms"] == pytest.approx(truth.unit_ms, rel=1e-3)
+    (tmp_path / "check.json").write_text(json.dumps({"sections": {"session": {"status": "failed"}}}))
+    capsys.readouterr()
+    assert measured.main([str(tmp_path / "check.json"), "--out", str(path)]) == 2
+    assert "nothing measured to fit" in capsys.readouterr().err

@@ -8,11 +8,14 @@ LATENCY_DEFINITION = (
     "to the moment the decoded audio and frames of y_k are on the host: encode(u_k) + thinker_step(k) + KV "
     "delta hand-over + flow solve(k) + decode(y_k), the critical path of one unit (the plan's definition). "
     "Measured as the sum of the five phases' times, each from time stamps at its start and end (CUDA events "
-    "on the phase's stream; wall time on a CPU). Step time: the wall time of one `step` call; cycle: from one "
+    "on the phase's stream; on the CPU twin a marker its deferred stream runs). Hand-over: the performer's "
+    "stream from taking unit k up to the solve's start (seed noise and unit index in; one-gpu shares the "
+    "cache, the delta does not move); the performer's lag before it (thinker_step's end to the take-up) is "
+    "shown apart, not summed. Step time: the wall time of one `step` call; cycle: from one "
     "step's return to the next. Steady state: the ring (sink + window units) is filled before the timed units.")
 # the plan's stages behind each measured phase (hand-over: none; the plan counts no time for it)
 PHASE_STAGES = {"encode": ("audio_enc", "video_enc"), "think": ("thinker_step",), "handover": (),
-                "flow": ("flow_step",), "decode": ("audio_dec", "video_dec")}
+                "flow": ("flow_step",), "decode": ("audio_dec", "video_dec"), "performer_lag": ()}
 KERNEL_METHODS = ("flash-attn",)  # columns shown even when the library is absent ("not installed")
 
 
@@ -69,7 +72,9 @@ def headline_lines(ses: dict) -> list[str]:
         d = ses.get(key)
         lines.append(f"| {label} | {_num((d or {}).get('p50'))} | {_tail(d)} | {_num(planned)} |")
     for phase, d in ses.get("phase_ms", {}).items():
-        lines.append(f"| phase {phase} ({' + '.join(PHASE_STAGES.get(phase, ())) or 'no stage'}) | {_num(d.get('p50'))} "
+        label = "performer lag (not summed)" if phase == "performer_lag" else \
+            f"phase {phase} ({' + '.join(PHASE_STAGES.get(phase, ())) or 'no stage'})"
+        lines.append(f"| {label} | {_num(d.get('p50'))} "
                      f"| {_tail(d)} | {_num(_plan_phase(stages, phase))} |")
     b, check, pb = ses.get("bytes_per_unit", {}), ses.get("bytes_check", {}), plan.get("bytes_per_unit", {})
     if b:

@@ -39,22 +39,32 @@ def summary(ms: list[float]) -> dict:
     return out
 
 
-class PhaseClock:
-    """Time stamps at phase boundaries: a CUDA event with timing recorded on the current stream on a GPU
-    (read after the run), wall time on a CPU."""
+class _Stamp:
+    t = float("nan")  # until its stream runs it
 
-    def __init__(self, cuda: bool) -> None:
-        self.cuda = cuda
+
+class PhaseClock:
+    """Time stamps at phase boundaries, taken when the stream reaches them: a CUDA event with timing on the
+    current stream on a GPU (read after the run); on the CPU twin's deferred streams a marker that notes the
+    wall time when the stream runs it; wall time now where no stream is current."""
+
+    def __init__(self, cuda: bool, current_stream=None) -> None:
+        self.cuda, self.current_stream = cuda, current_stream
 
     def stamp(self):
-        if not self.cuda:
-            return time.perf_counter()
-        e = torch.cuda.Event(enable_timing=True)
-        e.record()
-        return e
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        st, stream = _Stamp(), self.current_stream() if self.current_stream else None
+        if hasattr(stream, "enqueue"):
+            stream.enqueue(lambda: setattr(st, "t", time.perf_counter()))
+        else:
+            st.t = time.perf_counter()
+        return st
 
     def ms(self, a, b) -> float:
-        return a.elapsed_time(b) if self.cuda else 1000.0 * (b - a)
+        return a.elapsed_time(b) if self.cuda else 1000.0 * (b.t - a.t)
 
 
 def instrument(s, clock: PhaseClock) -> dict[int, dict]:
@@ -86,17 +96,24 @@ def instrument(s, clock: PhaseClock) -> dict[int, dict]:
 
 def phase_ms(stamps: dict, clock: PhaseClock, units: range) -> dict[str, list[float]]:
     """Per phase, the milliseconds of each unit in `units`; "latency" their sum (the definition above).
-    Hand-over: thinker_step's end to the flow solve's start (the stream wait, the seed noise's copy)."""
-    out = {p: [] for p in (*PHASES, "latency")}
+    Hand-over: the performer's stream from taking unit k up (its wait for the delta passed) to the solve's
+    start: the seed noise and unit index copied in (one-gpu shares the cache: the delta does not move).
+    "performer_lag" (not in the sum): thinker_step's end to that take-up; ~0 on a GPU, whose performer
+    stream is idle then; on the CPU twin, which runs one stream at a time, it is the other stream's turn."""
+    out = {p: [] for p in (*PHASES, "performer_lag", "latency")}
     for k in units:
         st = stamps.get(k, {})
         if not all(p in st for p in ("encode", "think", "load", "flow", "decode")):
             continue
         row = {"encode": clock.ms(*st["encode"]), "think": clock.ms(*st["think"]),
-               "handover": max(0.0, clock.ms(st["think"][1], st["flow"][0])),
+               "handover": clock.ms(st["load"][0], st["flow"][0]),
                "flow": clock.ms(*st["flow"]), "decode": clock.ms(*st["decode"])}
+        lag = clock.ms(st["think"][1], st["load"][0])
+        if not all(v == v for v in (*row.values(), lag)):
+            continue  # a stamp its stream never ran
         for p, v in row.items():
             out[p].append(v)
+        out["performer_lag"].append(lag)
         out["latency"].append(sum(row.values()))
     return out
 
@@ -145,10 +162,10 @@ def headline(ctx: Context) -> dict:
     units = split_units(audio, frames, p, prime + ctx.units)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    clock = PhaseClock(cuda)
-    with DeviceSession(None, engines=parts, device=ctx.device, seed=0, graphs=True if cuda else None) as s:  # TEMP
+    with DeviceSession(None, engines=parts, device=ctx.device, seed=0, graphs=True) as s:
         ctx.record("setup_s", round(time.perf_counter() - t0, 1))
         ctx.record("cuda_graphs", s.graphs)
+        clock = PhaseClock(cuda, getattr(s.device, "current_stream", None))
         stamps = instrument(s, clock)
         step_ms, done, results = [], [], []
         for k, (a, f) in enumerate(units):

@@ -61,5 +61,6 @@ def block_attention(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tenso
 @block_attention.register_fake
 def _block_attention_fake(q, cache_k, cache_v, cache_len, local_k, local_v, k_scale=None, v_scale=None,
                           causal_tail=0):
-    """Shapes only (export, fake tensors): the output is shaped like q."""
-    return torch.empty_like(q)
+    """Shapes only (export, fake tensors): like the real op's output, shaped like q and contiguous whatever
+    q's strides (`empty_like` would copy a transposed q's strides, and the graph would be planned wrongly)."""
+    return q.new_empty(q.shape)

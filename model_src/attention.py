@@ -29,7 +29,7 @@ def attend(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, cache_
 
     impl "torch": two matmuls (cache, local keys) + one float32 softmax here, the reference.
     impl "sdpa": `F.scaled_dot_product_attention` over the cache and local keys concatenated, with a
-    boolean mask (what a model without our kernel does; the baseline of `--attention sdpa`).
+    boolean mask and `enable_gqa` (what a model without our kernel does; the baseline of `--attention sdpa`).
     impl "triton": the kernel `streamer::block_attention` (kernels/), for the streaming steps
     (local_mask None); an explicit local mask (the offline forward, a training path) runs in torch.
     """
@@ -70,10 +70,12 @@ def dequantize(cache: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> 
 
 
 def _sdpa(q, cache_k, cache_v, cache_valid, local_k, local_v, local_mask) -> torch.Tensor:
-    """SDPA over [cache ++ local] keys; GQA by repeating K/V heads (what exporters take everywhere)."""
-    b, hq, n, _ = q.shape
-    group = hq // local_k.shape[1]
-    keys = torch.cat([cache_k, local_k], dim=2).repeat_interleave(group, dim=1)
-    values = torch.cat([cache_v, local_v], dim=2).repeat_interleave(group, dim=1)
+    """One SDPA call over [cache ++ local] keys with `enable_gqa` (K/V heads shared by their query heads, not
+    repeated). The concatenation stays: a step receives the cache and its local keys as separate tensors and
+    one SDPA call needs them contiguous (merging two calls by log-sum-exp needs aten's private, per-device
+    ops); bench/attention.py times SDPA without it, on keys concatenated once outside the timed region."""
+    b, _, n, _ = q.shape
+    keys = torch.cat([cache_k, local_k], dim=2)
+    values = torch.cat([cache_v, local_v], dim=2)
     mask = torch.cat([cache_valid.expand(b, 1, n, -1), local_mask.expand(b, 1, n, -1)], dim=-1)
-    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)

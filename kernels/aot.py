@@ -1,7 +1,8 @@
 """The attention kernels compiled ahead of time for fixed shapes: what the TensorRT AOT plugins embed.
 
-`launch_geometry` decides the tiles and the cache split for a GPU (the same rule as the torch launcher's
-on a GPU), so the ONNX export, the plugins and the torch op agree on the partial buffers' shapes.
+`launch_geometry` (kernels/tiling.py) decides the tiles, warps, stages and the cache split for a GPU (the
+rule the torch launcher uses on a GPU), so the ONNX export, the plugins and the torch op agree on the
+partial buffers' shapes and compile the same kernel.
 `compile_partial` / `compile_combine` compile one kernel for given shapes and dtypes with Triton for a
 CUDA target and return its PTX, grid, block, shared memory and int32 scalar arguments, in the order a
 TensorRT AOT plugin launches a kernel (inputs, scalars, outputs). No GPU is needed to compile (Triton
@@ -16,31 +17,12 @@ from dataclasses import dataclass
 
 import triton
 
-from .attention import _combine_kernel, _partial_kernel, _partial_kernel_fp8, num_cache_splits
+from .attention import _combine_kernel, _partial_kernel, _partial_kernel_fp8
+from .tiling import Geometry, launch_geometry  # noqa: F401  (the plugins and the export import them from here)
 
 COMBINE_ROWS = 16
 TRITON_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float8_e4m3fn": "fp8e4nv",
                 "int64": "i64", "int32": "i32"}
-
-
-@dataclass(frozen=True)
-class Geometry:
-    block_m: int
-    block_n: int
-    m_blocks: int
-    splits: int  # cache chunks; the partial buffers hold splits + 1 (the last: the local keys)
-    chunk: int  # cache slots per chunk, a multiple of block_n
-
-
-def launch_geometry(batch: int, q_heads: int, kv_heads: int, n_q: int, head_dim: int, capacity: int) -> Geometry:
-    """Tiles and cache split on a GPU: 64-row tiles, 64/32-key tiles, ~264 programs (two per SM on H100)."""
-    rows = (q_heads // kv_heads) * n_q
-    block_m = max(16, min(64, triton.next_power_of_2(rows)))
-    block_n = 64 if head_dim <= 64 else 32
-    m_blocks = triton.cdiv(rows, block_m)
-    splits = num_cache_splits(capacity, m_blocks * batch * kv_heads, block_n, 264)
-    chunk = triton.cdiv(triton.cdiv(capacity, splits), block_n) * block_n if splits else 0
-    return Geometry(block_m, block_n, m_blocks, splits, chunk)
 
 
 @dataclass(frozen=True)
@@ -57,14 +39,23 @@ def _contiguous_strides(shape: tuple[int, ...]) -> list[int]:
     return [math.prod(shape[i + 1:]) for i in range(len(shape))]
 
 
-def _compile(fn, signature: dict[str, str], constants: dict, target) -> object:
+def _compile(fn, signature: dict[str, str], constants: dict, target, values: dict | None = None,
+             num_warps: int = 4, num_stages: int = 3) -> object:
+    """Compile `fn` for `target` (sm_90a by default). `values`: the int32 arguments' values, so those
+    divisible by 16 are marked as such, as Triton's launcher specializes them at run time; every pointer is
+    marked 16-byte aligned (torch and TensorRT allocate at 256)."""
     from triton.backends.compiler import GPUTarget
 
+    names = list(signature)
+    aligned = [i for i, n in enumerate(names) if signature[n].startswith("*")
+               or (values is not None and n in values and values[n] % 16 == 0)]
     signature = {**signature, **{k: "constexpr" for k in constants}}
     keyword = "constexprs" if "constexprs" in inspect.signature(triton.compiler.ASTSource.__init__).parameters \
         else "constants"
-    src = triton.compiler.ASTSource(fn=fn, signature=signature, **{keyword: constants})
-    return triton.compile(src, target=target or GPUTarget("cuda", 90, 32))
+    attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
+    src = triton.compiler.ASTSource(fn=fn, signature=signature, attrs=attrs, **{keyword: constants})
+    return triton.compile(src, target=target or GPUTarget("cuda", 90, 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
 
 
 def _strip_scratch(ptx: str, name: str, n_params: int) -> str:
@@ -101,7 +92,8 @@ def compile_partial(q_shape, cache_shape, local_len: int, q_dtype: str, cache_dt
     signature = {**pointers, **dict.fromkeys(scalar_names, "i32"), "OP": "*fp32", "LSEP": "*fp32"}
     constants = {"SM_SCALE": d ** -0.5, "GROUP": hq // hkv, "D": d, "BLOCK_M": g.block_m, "BLOCK_N": g.block_n,
                  "N_SPLITS": g.splits, "CAUSAL_TAIL": causal_tail}
-    kernel = _compile(_partial_kernel_fp8 if fp8 else _partial_kernel, signature, constants, target)
+    kernel = _compile(_partial_kernel_fp8 if fp8 else _partial_kernel, signature, constants, target,
+                      dict(zip(scalar_names, scalars)), g.num_warps, g.num_stages)
     name = kernel.metadata.name
     return CompiledLaunch(name, _strip_scratch(kernel.asm["ptx"], name, len(signature)),
                           (g.m_blocks, b * hkv, parts), kernel.metadata.num_warps * 32, kernel.metadata.shared,
@@ -115,7 +107,8 @@ def compile_combine(partial_shape, out_dtype: str, target=None) -> CompiledLaunc
     n_rows = b * hq * n_q
     t = f"*{TRITON_TYPES[out_dtype]}"
     signature = {"OP": "*fp32", "LSEP": "*fp32", "Q": t, "n_rows": "i32", "s_os": "i32", "s_ls": "i32", "OUT": t}
-    kernel = _compile(_combine_kernel, signature, {"D": d, "SPLITS": parts, "ROWS": COMBINE_ROWS}, target)
+    kernel = _compile(_combine_kernel, signature, {"D": d, "SPLITS": parts, "ROWS": COMBINE_ROWS}, target,
+                      {"n_rows": n_rows, "s_os": parts * d, "s_ls": parts})
     name = kernel.metadata.name
     return CompiledLaunch(name, _strip_scratch(kernel.asm["ptx"], name, len(signature)),
                           (triton.cdiv(n_rows, COMBINE_ROWS), 1, 1), kernel.metadata.num_warps * 32,

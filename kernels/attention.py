@@ -21,6 +21,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .tiling import Geometry, Tiles, geometry, interpreter_geometry, launch_geometry
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
 
 @triton.jit
 def _partial_kernel(Q, KC, VC, CACHE_LEN, KL, VL,
@@ -89,7 +93,7 @@ def _partial_body(Q, KC, VC, CACHE_LEN, KL, VL, KSCALE, VSCALE,
             m_i, l_i, acc = _online_softmax(s, v, m_i, l_i, acc)
     else:  # the local keys, with the token-causal tail
         q_pos = n_local - n_q + qi
-        for n0 in range(0, n_local, BLOCK_N):
+        for n0 in tl.range(0, n_local, BLOCK_N, num_stages=1):  # a few tiles: not pipelined, no extra buffers
             n = n0 + tl.arange(0, BLOCK_N)
             ok = n < n_local
             k = tl.load(KL + b * s_klb + kvh * s_klh + n[None, :] * s_kln + d[:, None], mask=ok[None, :], other=0.0)
@@ -143,46 +147,35 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def tile_config(rows: int, head_dim: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, target program count) for `rows` folded query rows.
-
-    On a GPU: tiles that fit Hopper's shared memory and enough programs to fill 132 SMs twice. Under
-    TRITON_INTERPRET=1 (CPU tests) the interpreter's cost is per program and per op, so tiles are as
-    large as the problem and the cache is split in two at most; the kernel code is the same.
-    """
+def plan_launch(q: torch.Tensor, cache_k: torch.Tensor, tiles: tuple | None = None) -> Geometry:
+    """The launch for these inputs: on a GPU `launch_geometry` (the table the ONNX export and the TensorRT
+    plugins use too), under the interpreter `interpreter_geometry`; `tiles` = (BLOCK_M, BLOCK_N, target
+    programs[, warps, stages]) overrides both (tests)."""
+    b, hq, n_q, d = q.shape
+    hkv, cap = cache_k.shape[1], cache_k.shape[2]
+    if tiles is not None:
+        block_m, block_n, target, *rest = tiles
+        return geometry(b, hq, hkv, n_q, cap, Tiles(block_m, block_n, *(rest or (4, 3))), target)
     if interpreted():
-        return max(16, triton.next_power_of_2(rows)), 256, 2
-    return max(16, min(64, triton.next_power_of_2(rows))), (64 if head_dim <= 64 else 32), 264
-
-
-def num_cache_splits(capacity: int, other_programs: int, block_n: int, target_programs: int = 264) -> int:
-    """How many chunks to cut the cache into: enough programs to fill a GPU, chunks of >= 4 tiles."""
-    if capacity == 0:
-        return 0
-    want = max(1, target_programs // max(other_programs, 1))
-    return max(1, min(want, triton.cdiv(capacity, 4 * block_n)))
+        return interpreter_geometry(b, hq, hkv, n_q, cap)
+    return launch_geometry(b, hq, hkv, n_q, d, cap, fp8=cache_k.dtype in FP8_DTYPES)
 
 
 def block_attention_triton(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, cache_len: torch.Tensor,
                            local_k: torch.Tensor, local_v: torch.Tensor, k_scale: torch.Tensor | None = None,
                            v_scale: torch.Tensor | None = None, causal_tail: int = 0,
-                           launch=lambda kernel: kernel, tiles: tuple[int, int, int] | None = None) -> torch.Tensor:
+                           launch=lambda kernel: kernel, tiles: tuple | None = None) -> torch.Tensor:
     """Launch the two kernels (arguments as in the module docstring); returns [B, Hq, Lq, D] in q's dtype.
 
     `launch` wraps each kernel before launching (the torch custom op passes `wrap_triton`); `tiles`
-    (BLOCK_M, BLOCK_N, target programs) overrides `tile_config`.
+    overrides the launch geometry (`plan_launch`).
     """
     b, hq, n_q, d = q.shape
-    hkv, cap = cache_k.shape[1], cache_k.shape[2]
-    group = hq // hkv
-    block_m, block_n, target = tiles or tile_config(group * n_q, d)
-    m_blocks = triton.cdiv(group * n_q, block_m)
-    splits = num_cache_splits(cap, m_blocks * b * hkv, block_n, target)
-    chunk = triton.cdiv(triton.cdiv(cap, splits), block_n) * block_n if splits else 0
-    partial = torch.empty(b, hq, n_q, splits + 1, d, device=q.device, dtype=torch.float32)
-    lse = torch.empty(b, hq, n_q, splits + 1, device=q.device, dtype=torch.float32)
+    g = plan_launch(q, cache_k, tiles)
+    partial = torch.empty(b, hq, n_q, g.splits + 1, d, device=q.device, dtype=torch.float32)
+    lse = torch.empty(b, hq, n_q, g.splits + 1, device=q.device, dtype=torch.float32)
     launch_partial(q, cache_k, cache_v, cache_len, local_k, local_v, k_scale, v_scale, causal_tail, partial, lse,
-                   block_m, block_n, chunk, launch)
+                   g.block_m, g.block_n, g.chunk, launch, num_warps=g.num_warps, num_stages=g.num_stages)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous, whatever q's strides
     launch_combine(partial, lse, q, out, launch)
     return out
@@ -190,13 +183,13 @@ def block_attention_triton(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torc
 
 def launch_partial(q, cache_k, cache_v, cache_len, local_k, local_v, k_scale, v_scale, causal_tail: int,
                    partial: torch.Tensor, lse: torch.Tensor, block_m: int, block_n: int, chunk: int,
-                   launch=lambda kernel: kernel) -> None:
+                   launch=lambda kernel: kernel, num_warps: int = 4, num_stages: int = 3) -> None:
     """The first kernel: partial [B, Hq, Lq, S + 1, D] and lse [B, Hq, Lq, S + 1] (float32), S cache chunks
     of `chunk` slots and the local keys last (the TensorRT JIT plugin launches it alone too)."""
     b, hq, n_q, d = q.shape
     hkv, n_local = cache_k.shape[1], local_k.shape[2]
     group, splits = hq // hkv, partial.shape[3] - 1
-    fp8 = cache_k.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+    fp8 = cache_k.dtype in FP8_DTYPES
     strides = (q.stride(0), q.stride(1), q.stride(2), cache_k.stride(0), cache_k.stride(1), cache_k.stride(2),
                cache_v.stride(0), cache_v.stride(1), cache_v.stride(2), local_k.stride(0), local_k.stride(1),
                local_k.stride(2), local_v.stride(0), local_v.stride(1), local_v.stride(2),
@@ -207,7 +200,7 @@ def launch_partial(q, cache_k, cache_v, cache_len, local_k, local_v, k_scale, v_
     launch(kernel)[(triton.cdiv(group * n_q, block_m), b * hkv, splits + 1)](
         q, cache_k, cache_v, cache_len, local_k, local_v, *scales, *strides, hkv, n_q, n_local, chunk, partial, lse,
         SM_SCALE=d**-0.5, GROUP=group, D=d, BLOCK_M=block_m, BLOCK_N=block_n, N_SPLITS=splits,
-        CAUSAL_TAIL=causal_tail)
+        CAUSAL_TAIL=causal_tail, num_warps=num_warps, num_stages=num_stages)
 
 
 def launch_combine(partial: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, out: torch.Tensor,

@@ -8,7 +8,7 @@ One node per Triton kernel, because a TensorRT ahead-of-time plugin launches exa
 kernel and owns no workspace: the flash-decoding partials (float32 [B, Hq, Lq, S + 1, D] and the
 log-sum-exps [B, Hq, Lq, S + 1]) are ordinary tensors between the two nodes, sized at export by
 `kernels.aot.launch_geometry` (the GPU rule), which also goes into the nodes' attributes (tiles, split,
-chunk) so the plugins compile exactly that launch. Every node carries `plugin_namespace="streamer"`
+chunk, warps, stages) so the plugins compile exactly that launch. Every node carries `plugin_namespace="streamer"`
 (how TensorRT's ONNX parser finds a plugin) and `aot` (1: the compiled kernel embedded in the engine,
 no Python per call; 0: the JIT plugin, which calls back into Python; set STREAMER_TRT_PLUGIN=jit at
 export to debug with it). Pass `CUSTOM_TRANSLATION` as `custom_translation_table` to
@@ -29,7 +29,7 @@ from .aot import launch_geometry
 DOMAIN = "streamer"
 PARTIAL, PARTIAL_FP8, COMBINE = "BlockAttentionPartial", "BlockAttentionPartialFP8", "BlockAttentionCombine"
 OP_TYPES = {PARTIAL, PARTIAL_FP8, COMBINE}
-GEOMETRY_ATTRIBUTES = ("causal_tail", "n_splits", "block_m", "block_n", "chunk")
+GEOMETRY_ATTRIBUTES = ("causal_tail", "n_splits", "block_m", "block_n", "chunk", "num_warps", "num_stages")
 
 
 def _schema(op_type: str) -> onnx.defs.OpSchema:
@@ -77,9 +77,9 @@ def block_attention_onnx(q, cache_k, cache_v, cache_len, local_k, local_v, k_sca
                          causal_tail: int = 0):
     b, hq, n_q, d = (int(x) for x in q.shape)
     hkv, capacity = int(cache_k.shape[1]), int(cache_k.shape[2])
-    g = launch_geometry(b, hq, hkv, n_q, d, capacity)
+    g = launch_geometry(b, hq, hkv, n_q, d, capacity, fp8=k_scale is not None)
     attrs = dict(causal_tail=causal_tail, n_splits=g.splits, block_m=g.block_m, block_n=g.block_n, chunk=g.chunk,
-                 plugin_namespace=DOMAIN, aot=plugin_form())
+                 num_warps=g.num_warps, num_stages=g.num_stages, plugin_namespace=DOMAIN, aot=plugin_form())
     args = [q, cache_k, cache_v, cache_len, local_k, local_v]
     if k_scale is not None:
         partial, lse = getattr(_opset, PARTIAL_FP8)(*args, k_scale, v_scale, _num_outputs=2, **attrs)

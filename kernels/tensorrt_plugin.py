@@ -59,7 +59,9 @@ def register() -> None:
         params.grid_x, params.grid_y, params.grid_z = compiled.grid
         params.block_x = compiled.block
         params.shared_mem = compiled.shared
-        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(v) for v in compiled.scalars])
+        extra = trtp.SymIntExprs(len(compiled.scalars))  # (from_tuple is annotated for a 1-tuple)
+        for i, v in enumerate(compiled.scalars):
+            extra[i] = trtp.SymInt32(v)
         return compiled.name.encode(), compiled.ptx.encode(), params, extra
 
     def partial_desc(q, n_splits: int):
@@ -67,61 +69,65 @@ def register() -> None:
         return (trtp.from_shape_expr((b, hq, n_q, n_splits + 1, d), dtype=trt.float32),
                 trtp.from_shape_expr((b, hq, n_q, n_splits + 1), dtype=trt.float32))
 
-    def partial_aot(q, cache_k, local_k, causal_tail, n_splits, block_m, block_n, chunk):
+    def partial_aot(q, cache_k, local_k, causal_tail, n_splits, block_m, block_n, chunk, num_warps, num_stages):
         qs, cs, ls = _static(q), _static(cache_k), _static(local_k)
-        geometry = Geometry(block_m, block_n, triton.cdiv(qs[1] // cs[1] * qs[2], block_m), n_splits, chunk)
+        geometry = Geometry(block_m, block_n, triton.cdiv(qs[1] // cs[1] * qs[2], block_m), n_splits, chunk,
+                            num_warps, num_stages)
         return launch_params(compile_partial(qs, cs, ls[2], _dtype_name(trt, q.dtype), _dtype_name(trt, cache_k.dtype),
                                              causal_tail, geometry))
 
-    def partial_jit(stream, outputs, tensors, scales, causal_tail, block_m, block_n, chunk) -> None:
+    def partial_jit(stream, outputs, tensors, scales, causal_tail, block_m, block_n, chunk, num_warps,
+                    num_stages) -> None:
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
             args = [as_torch(t) for t in tensors]
             k_scale, v_scale = (as_torch(s) for s in scales) if scales else (None, None)
             launch_partial(*args, k_scale, v_scale, causal_tail, as_torch(outputs[0]), as_torch(outputs[1]),
-                           block_m, block_n, chunk)
+                           block_m, block_n, chunk, num_warps=num_warps, num_stages=num_stages)
 
     # --- BlockAttentionPartial: a float cache -----------------------------------------------------------
     @trtp.register("streamer::BlockAttentionPartial")
     def _desc(q: trtp.TensorDesc, cache_k: trtp.TensorDesc, cache_v: trtp.TensorDesc, cache_len: trtp.TensorDesc,
               local_k: trtp.TensorDesc, local_v: trtp.TensorDesc, causal_tail: int, n_splits: int, block_m: int,
-              block_n: int, chunk: int) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
+              block_n: int, chunk: int, num_warps: int, num_stages: int) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
         return partial_desc(q, n_splits)
 
     @trtp.aot_impl("streamer::BlockAttentionPartial")
     def _aot(q: trtp.TensorDesc, cache_k: trtp.TensorDesc, cache_v: trtp.TensorDesc, cache_len: trtp.TensorDesc,
              local_k: trtp.TensorDesc, local_v: trtp.TensorDesc, causal_tail: int, n_splits: int, block_m: int,
-             block_n: int, chunk: int, outputs: Tuple[trtp.TensorDesc], tactic: int):
-        return partial_aot(q, cache_k, local_k, causal_tail, n_splits, block_m, block_n, chunk)
+             block_n: int, chunk: int, num_warps: int, num_stages: int, outputs: Tuple[trtp.TensorDesc],
+             tactic: int):
+        return partial_aot(q, cache_k, local_k, causal_tail, n_splits, block_m, block_n, chunk, num_warps, num_stages)
 
     @trtp.impl("streamer::BlockAttentionPartial")
     def _jit(q: trtp.Tensor, cache_k: trtp.Tensor, cache_v: trtp.Tensor, cache_len: trtp.Tensor,
              local_k: trtp.Tensor, local_v: trtp.Tensor, causal_tail: int, n_splits: int, block_m: int,
-             block_n: int, chunk: int, outputs: Tuple[trtp.Tensor], stream: int) -> None:
+             block_n: int, chunk: int, num_warps: int, num_stages: int, outputs: Tuple[trtp.Tensor],
+             stream: int) -> None:
         partial_jit(stream, outputs, (q, cache_k, cache_v, cache_len, local_k, local_v), (), causal_tail, block_m,
-                    block_n, chunk)
+                    block_n, chunk, num_warps, num_stages)
 
     # --- BlockAttentionPartialFP8: an FP8 E4M3 cache with per-KV-head scales ----------------------------
     @trtp.register("streamer::BlockAttentionPartialFP8")
     def _desc_fp8(q: trtp.TensorDesc, cache_k: trtp.TensorDesc, cache_v: trtp.TensorDesc, cache_len: trtp.TensorDesc,
                   local_k: trtp.TensorDesc, local_v: trtp.TensorDesc, k_scale: trtp.TensorDesc,
                   v_scale: trtp.TensorDesc, causal_tail: int, n_splits: int, block_m: int, block_n: int,
-                  chunk: int) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
+                  chunk: int, num_warps: int, num_stages: int) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
         return partial_desc(q, n_splits)
 
     @trtp.aot_impl("streamer::BlockAttentionPartialFP8")
     def _aot_fp8(q: trtp.TensorDesc, cache_k: trtp.TensorDesc, cache_v: trtp.TensorDesc, cache_len: trtp.TensorDesc,
                  local_k: trtp.TensorDesc, local_v: trtp.TensorDesc, k_scale: trtp.TensorDesc,
                  v_scale: trtp.TensorDesc, causal_tail: int, n_splits: int, block_m: int, block_n: int, chunk: int,
-                 outputs: Tuple[trtp.TensorDesc], tactic: int):
-        return partial_aot(q, cache_k, local_k, causal_tail, n_splits, block_m, block_n, chunk)
+                 num_warps: int, num_stages: int, outputs: Tuple[trtp.TensorDesc], tactic: int):
+        return partial_aot(q, cache_k, local_k, causal_tail, n_splits, block_m, block_n, chunk, num_warps, num_stages)
 
     @trtp.impl("streamer::BlockAttentionPartialFP8")
     def _jit_fp8(q: trtp.Tensor, cache_k: trtp.Tensor, cache_v: trtp.Tensor, cache_len: trtp.Tensor,
                  local_k: trtp.Tensor, local_v: trtp.Tensor, k_scale: trtp.Tensor, v_scale: trtp.Tensor,
-                 causal_tail: int, n_splits: int, block_m: int, block_n: int, chunk: int,
-                 outputs: Tuple[trtp.Tensor], stream: int) -> None:
+                 causal_tail: int, n_splits: int, block_m: int, block_n: int, chunk: int, num_warps: int,
+                 num_stages: int, outputs: Tuple[trtp.Tensor], stream: int) -> None:
         partial_jit(stream, outputs, (q, cache_k, cache_v, cache_len, local_k, local_v), (k_scale, v_scale),
-                    causal_tail, block_m, block_n, chunk)
+                    causal_tail, block_m, block_n, chunk, num_warps, num_stages)
 
     # --- BlockAttentionCombine ----------------------------------------------------------------------------
     @trtp.register("streamer::BlockAttentionCombine")

@@ -55,6 +55,48 @@ def test_strided_queries_give_a_contiguous_output():
     assert got.is_contiguous() and (got - block_attention_reference(q, ck, cv, cl, lk, lv)).abs().max() < 2e-5
 
 
+def test_fake_kernel_output_has_the_real_strides():
+    """The op's fake (meta) kernel, what export and AOTInductor plan buffers with, gives the real op's
+    contiguous output for a transposed q; a fake that copies q's strides (`empty_like`) is caught."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import kernels.ops as ops
+
+    q, ck, cv, cl, lk, lv = _inputs(1, 8, 2, 7, 64, [40], 64, 7)
+    q_strided = q.transpose(1, 2).contiguous().transpose(1, 2)
+    real = torch.ops.streamer.block_attention(q_strided, ck, cv, cl, lk, lv, None, None, 0)
+
+    def fake_strides(fn):
+        with FakeTensorMode() as mode:
+            args = [mode.from_tensor(t) for t in (q_strided, ck, cv, cl, lk, lv)]
+            return tuple(fn(*args, None, None, 0).stride())
+
+    assert not q_strided.is_contiguous() and real.is_contiguous()
+    through_op = fake_strides(torch.ops.streamer.block_attention)  # dispatches to the registered fake
+    assert through_op == fake_strides(ops._block_attention_fake) == real.stride()
+    planted = fake_strides(lambda q, *rest: torch.empty_like(q))
+    assert planted != real.stride()  # the bug the test is for
+    report(f"fake output strides {through_op} = real {real.stride()}; empty_like(q) would give {planted}")
+
+
+def test_the_gpu_launch_is_the_one_the_plugins_compile(monkeypatch):
+    """Off the interpreter the torch op launches exactly `launch_geometry` (tiles, warps, stages, split), the
+    geometry the ONNX nodes carry and the TensorRT AOT plugins compile; the interpreter keeps its own."""
+    import kernels.attention as attention
+    from kernels.aot import launch_geometry
+    from kernels.tiling import GPU_TILES
+
+    for (group, d, fp8), tiles in GPU_TILES.items():
+        q = torch.empty(1, 4 * group, 196, d)
+        cache = torch.empty(1, 4, 32256, d, dtype=torch.float8_e4m3fn if fp8 else torch.float32)
+        monkeypatch.setattr(attention, "interpreted", lambda: False)
+        g = attention.plan_launch(q, cache)
+        assert g == launch_geometry(1, 4 * group, 4, 196, d, 32256, fp8=fp8)
+        assert (g.block_n, g.num_warps, g.num_stages) == (tiles.block_n, tiles.num_warps, tiles.num_stages)
+        monkeypatch.setattr(attention, "interpreted", lambda: True)
+        assert attention.plan_launch(q, cache).block_n == 256
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 3e-3)])
 def test_half_precision(dtype, tol):
     args = _inputs(1, 8, 2, 64, 128, [700], 1000, 64, dtype=dtype)
@@ -165,8 +207,8 @@ def test_onnx_export_of_a_layer_holds_the_custom_node(tiny, tmp_path):
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in partial.attribute}
     g = launch_geometry(1, tiny.n_heads, tiny.n_kv_heads, 8, tiny.head_dim, tiny.cache_capacity)
     assert attrs["plugin_namespace"] == b"streamer" and attrs["aot"] == 1
-    assert (attrs["n_splits"], attrs["block_m"], attrs["block_n"], attrs["chunk"]) == (g.splits, g.block_m, g.block_n,
-                                                                                        g.chunk)
+    assert (attrs["n_splits"], attrs["block_m"], attrs["block_n"], attrs["chunk"], attrs["num_warps"],
+            attrs["num_stages"]) == (g.splits, g.block_m, g.block_n, g.chunk, g.num_warps, g.num_stages)
 
 
 def test_tensorrt_parses_the_custom_node(tiny, tmp_path):
@@ -189,11 +231,11 @@ import json, re, sys
 from kernels.aot import compile_combine, compile_partial, launch_geometry
 out = {}
 for name, cache_dtype in (("bf16", "bfloat16"), ("fp8", "float8_e4m3fn")):
-    g = launch_geometry(1, 16, 8, 196, 128, 16384)
+    g = launch_geometry(1, 16, 8, 196, 128, 16384, fp8=name == "fp8")
     p = compile_partial((1, 16, 196, 128), (1, 8, 16384, 128), 196, "bfloat16", cache_dtype, 0, g)
     entry = re.search(r"\.entry \w+\((.*?)\)", p.ptx, re.S).group(1)
     out[name] = {"params": entry.count(".param"), "scalars": len(p.scalars), "grid": p.grid,
-                 "geometry": [g.m_blocks, g.splits], "block": p.block, "shared": p.shared}
+                 "geometry": [g.m_blocks, g.splits], "block": p.block, "shared": p.shared, "warps": g.num_warps}
 c = compile_combine((1, 16, 196, g.splits + 1, 128), "bfloat16")
 out["combine"] = {"params": re.search(r"\.entry \w+\((.*?)\)", c.ptx, re.S).group(1).count(".param"),
                   "grid": c.grid, "scalars": c.scalars}
@@ -217,7 +259,28 @@ def test_aot_kernels_compile_for_hopper_with_the_plugin_calling_convention():
     for name, n_inputs in (("bf16", 6), ("fp8", 8)):
         assert out[name]["params"] == n_inputs + out[name]["scalars"] + 2, out[name]  # + partial, lse
         m_blocks, splits = out[name]["geometry"]
-        assert out[name]["grid"] == [m_blocks, 8, splits + 1] and out[name]["block"] == 128
+        assert out[name]["grid"] == [m_blocks, 8, splits + 1] and out[name]["block"] == 32 * out[name]["warps"]
     assert out["combine"]["params"] == 3 + 3 + 1 and out["combine"]["grid"] == [196, 1, 1]  # 16*196 rows / 16
     report(f"AOT plugin kernels for sm_90: partial {out['bf16']['params']} params (fp8 {out['fp8']['params']}), "
            f"{out['bf16']['shared']} B shared, grid {out['bf16']['grid']}; combine grid {out['combine']['grid']}")
+
+
+def test_sdpa_baseline_shares_kv_heads_instead_of_repeating_them(monkeypatch):
+    """`--attention sdpa` (the benchmarks' SDPA baseline) matches the torch reference with GQA and an explicit
+    local mask, and never repeats K/V per query head (`enable_gqa`): a repeat planted back is caught."""
+    from model_src.attention import attend
+
+    q, ck, cv, cl, lk, lv = _inputs(2, 8, 2, 5, 16, [7, 20], 20, 5)
+    mask = torch.rand(1, 1, 5, 5, generator=torch.Generator().manual_seed(0)) > 0.3
+    mask[..., -1] = True
+    calls = []
+    original = torch.Tensor.repeat_interleave
+    monkeypatch.setattr(torch.Tensor, "repeat_interleave",
+                        lambda self, *a, **k: calls.append(a) or original(self, *a, **k))
+    for local_mask in (None, mask):
+        err = (attend(q, ck, cv, cl, lk, lv, local_mask, "sdpa") - attend(q, ck, cv, cl, lk, lv, local_mask, "torch"))
+        assert err.abs().max() < 1e-5
+    assert calls == []
+    keys = torch.cat([ck, lk], 2)
+    keys.repeat_interleave(4, dim=1)  # the old baseline's GQA: the counter sees it
+    assert calls == [(4,)]

@@ -20,6 +20,7 @@ class TensorRTUnavailable(ValueError):
 
 
 def import_tensorrt():
+    """The tensorrt module, or TensorRTUnavailable saying how to install it."""
     try:
         import tensorrt as trt
     except ImportError:
@@ -31,7 +32,9 @@ def import_tensorrt():
 def build_engine(onnx_path: Path, engine_path: Path, precision: str, timing_cache: Path,
                  input_shapes: dict[str, tuple[int, ...]], workspace_gib: int = 8) -> None:
     """Parse `onnx_path`, build for `precision`, write `engine_path`; update the timing cache file."""
-    trt = import_tensorrt()
+    import_tensorrt()  # the clear error where TensorRT is missing
+    import tensorrt as trt  # (imported by name, so the TensorRT calls below are type-checked against its API)
+
     from kernels.tensorrt_plugin import register
 
     if precision not in PRECISION_FLAGS:
@@ -53,7 +56,8 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, timing_cach
     config.set_timing_cache(cache, ignore_mismatch=False)
     profile = builder.create_optimization_profile()
     for name, shape in input_shapes.items():
-        profile.set_shape(name, shape, shape, shape)
+        dims = trt.Dims(list(shape))
+        profile.set_shape(name, dims, dims, dims)
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

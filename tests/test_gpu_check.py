@@ -104,3 +104,43 @@ def test_no_cuda_is_an_error_with_a_json(tmp_path):
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     assert "no CUDA device" in results["no_cuda"] and results["headline_ok"] is False
     assert "**No CUDA device**" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_unknown_gpus_have_no_datasheet_entry():
+    """A GPU planning/gpus.toml has no entry for is named and left unpriced, never priced as an H100."""
+    from bench.gpu_report import markdown
+    from bench.gpu_sections import datasheet_key
+    from planning.budget import gpus
+
+    known = {"NVIDIA H100 80GB HBM3": "h100", "NVIDIA H100 PCIe": "h100-pcie", "NVIDIA H200": "h200",
+             "NVIDIA A100-SXM4-80GB": "a100", "NVIDIA L40S": "l40s", "NVIDIA L4": "l4", "NVIDIA B200": "b200"}
+    assert {n: datasheet_key(n) for n in known} == known and set(known.values()) <= set(gpus())
+    for name in ("NVIDIA H100 NVL", "NVIDIA GH200 480GB", "NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-40GB",
+                 "NVIDIA L40", "NVIDIA H200 NVL", "NVIDIA RTX 6000 Ada Generation", "NVIDIA H100"):
+        assert datasheet_key(name) is None, name
+    results = {"sections": {"env": {"status": "ok", "gpu": "NVIDIA H100 NVL", "plan_key": "no datasheet entry"},
+                            "session": {"status": "ok", "setup": {"preset": "base", "units": 200},
+                                        "plan": {"skipped": "NVIDIA H100 NVL: no datasheet entry in planning/gpus.toml"}}}}
+    md = markdown(results)
+    assert "datasheet entry no datasheet entry" in md and "Plan: NVIDIA H100 NVL: no datasheet entry" in md
+
+
+def test_the_report_shows_failures_and_absent_columns():
+    """A failed build's rc and output reach the markdown; flash-attn's column stays, "not installed"; a
+    p99 of fewer than 200 samples is the max, said so."""
+    from bench.gpu_report import markdown
+    from bench.gpu_session import summary
+
+    assert summary(list(range(1, 201)))["p99"] is not None
+    few = summary([1.0, 2.0, 3.0])
+    assert few["p99"] is None and few["max"] == 3.0 and "no p99" in few["p99_note"]
+    row = {"preset": "base", "queries": "flow 196", "keys": 4096, "triton (ours)": {"ms": 0.1}}
+    results = {"sections": {"env": {"status": "ok", "flash_attn": "not installed"},
+                            "kernel_timing": {"status": "ok", "rows": [row]},
+                            "engines": {"status": "failed", "error": "RuntimeError: streamer build ... rc 1",
+                                        "build_rc": 1, "build_error": "PlacementError: stage audio_enc"},
+                            "session": {"status": "ok", "setup": {"units": 3}, "step_ms": few}}}
+    md = markdown(results)
+    assert "| engines | FAILED |" in md and "build rc 1" in md and "PlacementError: stage audio_enc" in md
+    assert "| triton (ours) | flash-attn |" in md and "| 0.100 | not installed |" in md
+    assert "max 3.0 (n = 3, no p99)" in md

@@ -41,6 +41,7 @@ class Kernel:
     ops: int = 1  # aten ops it stands for (eager PyTorch would launch about this many)
     lm_head: bool = False
     codec: bool = False  # a codec's kernel: fp32 as TF32, at the codec efficiency
+    reads: tuple = ()  # root keys of the tensors a fused attention reads (for the chains before it)
 
 
 @dataclass
@@ -118,7 +119,9 @@ class Recorder(TorchDispatchMode):
         cache = cache_scale * (_nbytes(cache_k) + _nbytes(cache_v))
         moved = _nbytes(q) + _nbytes(local_k) + _nbytes(local_v) + _nbytes(out)
         self.keep.append(out)
-        self.ops.append(Kernel(self.part, "attention", flops, cache + moved, 0.0, cache, launches=2, ops=len(inner)))
+        reads = tuple(self.root(t) for t in (q, cache_k, cache_v, local_k, local_v))
+        self.ops.append(Kernel(self.part, "attention", flops, cache + moved, 0.0, cache, launches=2, ops=len(inner),
+                               reads=reads))
 
 
 def fuse(ops: list, outputs: list[torch.Tensor], weights: set[int], weight_scale: float,
@@ -129,9 +132,8 @@ def fuse(ops: list, outputs: list[torch.Tensor], weights: set[int], weight_scale
     lm_head_scale those of the LM head (kept at bf16 by FP8 builds)."""
     consumers: dict[int, list[int]] = {}
     for i, o in enumerate(ops):
-        if isinstance(o, _Op):
-            for key, _ in o.reads:
-                consumers.setdefault(key, []).append(i)
+        for key in (k for k, _ in o.reads) if isinstance(o, _Op) else o.reads:
+            consumers.setdefault(key, []).append(i)
     returned = {id(t) for t in outputs}
     kernels: list[Kernel] = []
     chain: list[int] = []

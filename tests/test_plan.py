@@ -120,6 +120,32 @@ def test_a_stage_is_the_sum_of_its_kernels():
         _check_sum(overlapped, plan.gpu, "bf16")
 
 
+def test_a_fused_elementwise_chain_reads_once_and_writes_what_is_read_later():
+    """norm -> SiLU -> residual add between two linears is one kernel: it reads h and the norm weight once
+    and writes only its result (its 8 aten ops' intermediates stay on chip); each GEMM reads its input
+    and weight and writes its output."""
+    import torch
+    from torch import nn
+
+    from model_src.backbone import RMSNorm
+    from planning.ops import Recorder, fuse
+
+    lin1, norm, lin2 = (m.to("meta") for m in (nn.Linear(64, 128, bias=False), RMSNorm(128, 1e-6),
+                                                nn.Linear(128, 32, bias=False)))
+    weights = {id(p) for m in (lin1, norm, lin2) for p in m.parameters()}
+    x = torch.empty(10, 64, device="meta")
+    rec = Recorder(weights)
+    with torch.no_grad(), rec:
+        h = lin1(x)
+        y = lin2(torch.nn.functional.silu(norm(h)) + h)
+    first, chain, second = fuse(rec.ops, [y], weights, 1.0, 1.0)
+    f32 = 4
+    assert (first.kind, chain.kind, second.kind) == ("gemm", "elementwise", "gemm") and chain.ops > 3
+    assert first.bytes == f32 * (10 * 64 + 64 * 128 + 10 * 128) and first.flops == 2 * 10 * 64 * 128
+    assert chain.bytes == f32 * (10 * 128 + 128 + 10 * 128) and chain.weight_bytes == f32 * 128
+    assert second.bytes == f32 * (10 * 128 + 128 * 32 + 10 * 32)
+
+
 def test_launch_cost_only_without_graphs():
     """launch_us moves the plan without graphs only; graph_launch_us with graphs only."""
     from planning.budget import make_plan

@@ -102,7 +102,7 @@ def test_no_cuda_is_an_error_with_a_json(tmp_path):
     run = _run(["--sections", "env", "--out", str(tmp_path)])
     assert run.returncode == 4, run.stdout[-2000:] + run.stderr[-2000:]
     results = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert "no CUDA device" in results["no_cuda"] and results["headline_ok"] is False
+    assert "no CUDA device" in results["no_cuda"] and results["sections"]["env"]["cuda_available"] is False
     assert "**No CUDA device**" in (tmp_path / "gpu_check.md").read_text()
 
 

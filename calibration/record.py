@@ -23,6 +23,7 @@ import torch
 from runtime.engines import Engine
 from runtime.kv_cache import KVBuffers
 from runtime.spec import unit_spec
+from unitio.jsonsafe import loads_bounded
 
 from .torch_engines import TorchStageEngine, torch_parts
 
@@ -127,8 +128,12 @@ def load_calibration(path: str | Path, preset=None) -> tuple[dict[str, np.ndarra
         meta = f.metadata() or {}
     if meta.get("format") != FORMAT:
         raise CalibrationError(f"{path}: expected a {FORMAT} file, got format {meta.get('format')!r}")
-    if preset is not None and json.loads(meta["preset"]) != json.loads(preset.to_json()):
-        got = json.loads(meta["preset"])["name"]
+    try:  # metadata from disk: bounded (size, nesting) before it is parsed
+        recorded = loads_bounded(meta.get("preset", "null"), 65_536) if preset is not None else None
+    except ValueError as e:
+        raise CalibrationError(f"{path}: preset metadata: {e}") from None
+    if preset is not None and recorded != json.loads(preset.to_json()):
+        got = recorded.get("name") if isinstance(recorded, dict) else recorded
         raise CalibrationError(f"{path}: calibration of preset {got!r}, but the model is preset {preset.name!r} "
                                f"(or the same name with other sizes)")
     return load_file(str(path)), meta

@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from unitio.jsonsafe import loads_bounded
 from unitio.limits import preset_problem
 
 from .backbone import Backbone, qwen3_state_dict_to_backbone
@@ -75,7 +76,7 @@ def _preset_from_meta(path: Path, meta: dict[str, str]) -> Preset:
         raise WeightsError(f"{path}: expected a preset_json entry (the preset as JSON) in the metadata, "
                            f"found {'none' if text is None else f'{len(text)} characters'}")
     try:
-        fields = json.loads(text)
+        fields = loads_bounded(text, 65_536, 4)
     except ValueError as e:
         raise WeightsError(f"{path}: preset_json: expected JSON, got {text[:60]!r} ({e})") from None
     problem = preset_problem(fields)
@@ -99,7 +100,7 @@ def _preset_from_meta(path: Path, meta: dict[str, str]) -> Preset:
 
 def _aliases(path: Path, meta: dict[str, str]) -> dict[str, str]:
     try:
-        aliases = json.loads(meta.get("aliases", "{}"))
+        aliases = loads_bounded(meta.get("aliases", "{}"), 1 << 20, 2)
     except ValueError:
         aliases = None
     if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
@@ -213,8 +214,8 @@ def _qwen3_config(folder: Path) -> dict:
         raise WeightsError(f"{path}: expected the checkpoint's config.json (transformers writes it beside the "
                            f"safetensors), found none")
     try:
-        cfg = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
+        cfg = loads_bounded(path.read_bytes()[:(1 << 20) + 1], 1 << 20, 16)
+    except ValueError as e:
         raise WeightsError(f"{path}: expected JSON, got an error: {e}") from None
     if not isinstance(cfg, dict):
         raise WeightsError(f"{path}: expected a JSON object, got {type(cfg).__name__}")

@@ -103,7 +103,10 @@ def claim_core(prefer_last: bool = True) -> CoreClaim:
     cores = sorted(os.sched_getaffinity(0), reverse=prefer_last)
     folder = core_lock_dir()
     for core in cores:
-        fd = os.open(folder / f"{core}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(folder / f"{core}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError:  # a link (ELOOP) or something else at the name: never followed, that core skipped
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # per open file: two sessions of one process differ too
         except OSError:

@@ -28,12 +28,38 @@ class OrtEngine(Engine):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=ort.get_available_providers())
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=ort.get_available_providers())
+        except Exception as e:  # onnxruntime's own error types for a file that is not a model it can load
+            raise ManifestError(f"{path.parent}: stage {stage}: {path.name} is not an ONNX model ONNX Runtime can "
+                                f"load: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
+        check_io(stage, path, "inputs", inputs, self.session.get_inputs())
+        check_io(stage, path, "outputs", outputs, self.session.get_outputs())
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.check(feeds)
         outs = self.session.run([t.name for t in self.outputs], feeds)
         return dict(zip((t.name for t in self.outputs), outs))
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
+              "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
+              "tensor(uint8)": "uint8", "tensor(bool)": "bool", "tensor(float8e4m3fn)": "float8_e4m3fn"}
+
+
+def check_io(stage: str, path: Path, side: str, specs, args) -> None:
+    """The engine file's own inputs or outputs (onnxruntime NodeArgs: name, type, shape) are the ones the
+    manifest declares (names in order, dtypes, static dimensions); ManifestError naming the directory,
+    the stage and both lists otherwise (a manifest whose stage was swapped or edited)."""
+    declared = [(t.name, t.dtype, tuple(t.shape)) for t in specs]
+    found = [(a.name, _ORT_TYPES.get(a.type, a.type), tuple(a.shape)) for a in args]
+    same = len(declared) == len(found) and all(
+        dn == fn and dt == ft and len(ds) == len(fs) and all(not isinstance(f, int) or d == f for d, f in zip(ds, fs))
+        for (dn, dt, ds), (fn, ft, fs) in zip(declared, found))
+    if not same:
+        show = lambda io: ", ".join(f"{n} {t} {list(sh)}" for n, t, sh in io[:6]) + (" ..." if len(io) > 6 else "")
+        raise ManifestError(f"{path.parent}: stage {stage}: the manifest declares {side} [{show(declared)}] but its "
+                            f"engine file {path.name} has [{show(found)}] (a forged or mismatched manifest)")
 
 
 class AotiEngine(Engine):
@@ -101,9 +127,20 @@ def load_initial_state(directory: str | Path, manifest: dict) -> dict[str, dict[
     """{stage: {input name: array}}: the codec stages' state inputs for a fresh stream."""
     from safetensors.numpy import load_file
 
-    flat = load_file(str(Path(directory) / manifest["initial_state"]))
+    rel, where = manifest["initial_state"], Path(directory)
+    try:
+        flat = load_file(str(where / rel))
+    except Exception as e:  # safetensors' own error types for a file that is not safetensors
+        raise ManifestError(f"{where}: initial_state {rel}: expected a safetensors file of the codec stages' "
+                            f"initial state, got an error: {str(e)[:200] or type(e).__name__}") from None
+    specs = {stage: {t.name: t for t in stage_io(manifest, stage)[0]} for stage in manifest["stages"]}
     out: dict[str, dict[str, np.ndarray]] = {}
     for key, array in flat.items():
-        stage, name = key.split(".", 1)
+        stage, _, name = key.partition(".")
+        spec = specs.get(stage, {}).get(name)
+        if spec is None or tuple(array.shape) != tuple(spec.shape) or str(array.dtype) != spec.dtype:
+            want = "no such stage input" if spec is None else f"{spec.dtype} {list(spec.shape)}"
+            raise ManifestError(f"{where}: initial_state {rel}: {key[:80]!r} ({array.dtype} {list(array.shape)}) is "
+                                f"not a state input of stage {stage[:40]!r} as the manifest declares it ({want})")
         out.setdefault(stage, {})[name] = array
     return out

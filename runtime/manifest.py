@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from unitio.jsonsafe import loads_bounded
 from unitio.limits import DTYPES, preset_problem, shape_problem
 
 from .signing import SIGNATURE, sign_manifest, verify_manifest
@@ -20,6 +21,7 @@ from .signing import SIGNATURE, sign_manifest, verify_manifest
 FORMAT = "av-streamer-engines/1"
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 << 20
+MAX_MANIFEST_DEPTH = 16  # what `streamer build` writes nests 6 deep
 
 
 class ManifestError(ValueError):
@@ -81,12 +83,12 @@ def read_manifest(directory: str | Path, expect_preset: str | None = None,
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{path}: expected a manifest of at most {MAX_MANIFEST_BYTES} bytes, "
                             f"got {path.stat().st_size}")
-    raw = path.read_bytes()
+    raw = path.read_bytes()[:MAX_MANIFEST_BYTES + 1]
     if trust is not None:  # before anything in it is believed: these bytes are the ones parsed below
         verify_manifest(directory, raw, trust)
     try:
-        manifest = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+        manifest = loads_bounded(raw, MAX_MANIFEST_BYTES, MAX_MANIFEST_DEPTH)
+    except ValueError as e:
         raise ManifestError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(manifest, dict):
         raise ManifestError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
@@ -167,7 +169,7 @@ def check_structure(manifest: dict, path: Path) -> None:
     p = manifest["preset"]
     need(isinstance(p.get("name"), str) and isinstance(p.get("json"), str), "preset: expected {name, json} strings", p)
     try:
-        fields = json.loads(p["json"])
+        fields = loads_bounded(p["json"], 65_536, 4)
     except ValueError:
         fields = None
     problem = preset_problem(fields)

@@ -2,10 +2,11 @@
 frame sizes, and the shapes of the tensors the thinker and performer exchange."""
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import numpy as np
+
+from unitio.jsonsafe import loads_bounded
 
 from .manifest import ManifestError, stage_io
 
@@ -13,7 +14,7 @@ from .manifest import ManifestError, stage_io
 def unit_spec(manifest: dict) -> SimpleNamespace:
     """The manifest's preset (time/frame/cache numbers), plus samples_per_unit, unit_ms and the
     exchanged shapes: cache [L, 1, Hkv, capacity, D], delta [L, 1, Hkv, tokens_per_unit, D], latents."""
-    s = SimpleNamespace(**json.loads(manifest["preset"]["json"]))
+    s = SimpleNamespace(**loads_bounded(manifest["preset"]["json"], 65_536, 4))  # checked again: a dict here
     s.samples_per_unit = s.sample_rate * s.frames_per_unit // s.fps
     s.unit_ms = 1000.0 * s.frames_per_unit / s.fps
     thinker_in = {t.name: t for t in stage_io(manifest, "thinker_step")[0]}

@@ -48,6 +48,9 @@ def read_input(spec: str, preset, units: int | None, seed: int, fit: str | None 
     return made
 
 
+RESERVE_BYTES = 8 << 20
+
+
 class OutputError(ValueError):
     """An output that cannot be written (--out is a file or not writable, the disk is full): names the file."""
 
@@ -169,6 +172,23 @@ class OutputStream:
             shutil.rmtree(self.stage, ignore_errors=True)  # nothing was streamed: nothing left behind
             raise
         self.broken: set[str] = set()  # outputs a write failed on: their last unit may be partial
+        self._reserve()
+
+    def _reserve(self) -> None:
+        """Room kept on the disk for finishing: a file of min(8 MiB, a quarter of the free space), removed
+        first thing at `close`, so a full disk still lets ffmpeg write the MP4's last fragment and
+        text.json be made. Without it (no space at all) the outputs are still cut consistently."""
+        from unitio.growing import NEW_FILE
+
+        try:
+            st = os.statvfs(self.stage)
+            fd = os.open(self.stage / "reserve", NEW_FILE, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, max(1, min(RESERVE_BYTES, st.f_bavail * st.f_frsize // 4)))
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
 
     def _part(self, name: str) -> Path:
         self.parts[name] = self.stage / f"{name}.partial"
@@ -226,10 +246,20 @@ class OutputStream:
                 return self.video.frames // self.frames_per_unit
         except OSError as e:
             problems.append(str(e))
+        from unitio.media import cut_video
+
         try:
-            return count_frames(self.parts["out.mp4"]) // self.frames_per_unit
+            frames = count_frames(self.parts["out.mp4"])
         except InputError:
             return 0
+        units = frames // self.frames_per_unit
+        if frames != units * self.frames_per_unit:  # part of a unit reached the disk: cut it off
+            try:
+                cut_video(self.parts["out.mp4"], units * self.frames_per_unit)
+            except OSError as e:
+                problems.append(str(e))
+                return 0
+        return units
 
     def close(self, complete: bool = True) -> list[str]:
         """Finalise every file (also after a fault: what was streamed is kept, every output cut to the
@@ -237,6 +267,7 @@ class OutputStream:
         finished raises OutputError when `complete`, else is only reported (the fault that stopped the
         session is the error then). No unit of media: no media files; nothing empty is left."""
         problems: list[str] = []
+        (self.stage / "reserve").unlink(missing_ok=True)
         units = min(self.media_units, self._video_units(problems))
         if not complete or units < self.media_units or self.broken:
             cut = units  # every output to the units all of them hold

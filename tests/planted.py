@@ -1,9 +1,10 @@
-"""Modules planted in a working directory to prove no process imports from it: `struct.py`, `numpy.py`
-and `json.py`, each writing a marker file when imported (then getting out of the way, so a leak is seen
-in the marker, not as a crash)."""
+"""Modules planted in a working directory to prove no process imports from it: `struct.py`, `numpy.py`,
+`json.py` and `selectors.py` (which multiprocessing's resource tracker imports after start-up, where
+struct may already be loaded), each writing a marker file when imported, then getting out of the way
+(the real module takes its place), so a leak shows in the marker, not as a crash."""
 from pathlib import Path
 
-NAMES = ("struct", "numpy", "json")
+NAMES = ("struct", "numpy", "json", "selectors")
 
 
 def plant(folder: Path) -> Path:

@@ -103,6 +103,14 @@ def _escape(kind):
     return edit
 
 
+_DEEP = "[" * 5000 + "]" * 5000
+
+
+def _swap_stage_files(m, d):
+    """A forged manifest: audio_dec's file is video_dec's (both hashed, checksum recomputed)."""
+    m["stages"]["audio_dec"]["file"] = m["stages"]["video_dec"]["file"]
+
+
 # (id, argv builder (tmp_path, tiny, engines) -> argv, words the message must hold)
 CASES = [
     ("float-wav", lambda t, p, e: _run_files(t, _wav(t / "f.wav", b"\0" * 4 * 3840, tag=3, bits=32), _clip(t, p)[1]),
@@ -171,6 +179,19 @@ CASES = [
      ["stages.flow_step.file", "expected a path inside the engine directory, got an absolute path"]),
     ("manifest-symlink-out", lambda t, p, e: ["run", "--engines", _engines_copy(e, t, _escape("symlink")), "--out", t / "o"],
      ["'outside.onnx'", "resolves to /etc/hostname, outside the engine directory"]),
+    # JSON nested 5,000 deep in 10 KB: a RecursionError (exit 1, traceback) before the bounded parser
+    ("manifest-deep-nesting", lambda t, p, e: ["inspect", (_engines_copy(e, t), (t / "eng" / MANIFEST).write_text(_DEEP))[0]],
+     ["manifest.json is not valid JSON: expected JSON nested at most 16 deep"]),
+    ("weights-preset-json-deep", lambda t, p, e: ["run", "--weights", _weights(t, {"preset_json": _DEEP}), "--out", t / "o"],
+     ["w.safetensors", "preset_json: expected JSON", "nested at most 4 deep"]),
+    ("weights-aliases-deep", lambda t, p, e: ["run", "--weights", _weights(t, {"aliases": _DEEP}), "--out", t / "o"],
+     ["w.safetensors", "aliases: expected a JSON object of tensor name -> stored tensor name"]),
+    ("initial-state-not-safetensors", lambda t, p, e: ["run", "--engines", _engines_copy(
+        e, t, lambda m, d: m.update(initial_state="thinker_step.onnx")), "--sequential", "--units", "2", "--out", t / "o"],
+     ["/eng: initial_state thinker_step.onnx: expected a safetensors file"]),
+    ("stage-io-swapped", lambda t, p, e: ["run", "--engines", _engines_copy(e, t, _swap_stage_files), "--sequential",
+                                          "--units", "2", "--out", t / "o"],
+     ["/eng: stage audio_dec: the manifest declares inputs", "its engine file video_dec.onnx has"]),
 ]
 
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from model_src.system import build_system
 from model_src.weights import load_weights, read_preset, save_weights
+from unitio.jsonsafe import loads_bounded
 
 from .codecs import codec_clip, standardize_latents, start_posteriors_narrow
 from .data import TRAIN_SEED_BASE, batch_indices, encode_conversations, sample_rand, sample_randn
@@ -133,13 +134,17 @@ def load_checkpoint(path: Path, stage: str, system, optimizer) -> tuple[int, lis
         raise TrainError(f"{path}: checkpoint of another preset or flow_steps than this run's")
     tensors = load_file(str(path))
     system.load_state_dict({k[len("weights."):]: v for k, v in tensors.items() if k.startswith("weights.")})
-    state: dict = {"state": {}, "param_groups": json.loads(meta["param_groups"])}
+    try:  # metadata from disk: bounded (size, nesting) before it is parsed
+        groups, history = (loads_bounded(meta.get(k, ""), 64 << 20, 8) for k in ("param_groups", "history"))
+    except ValueError as e:
+        raise TrainError(f"{path}: checkpoint metadata: {e}") from None
+    state: dict = {"state": {}, "param_groups": groups}
     for k, v in tensors.items():
         if k.startswith("optim."):
             _, i, name = k.split(".", 2)
             state["state"].setdefault(int(i), {})[name] = v
     optimizer.load_state_dict(state)
-    return int(meta["step"]), json.loads(meta["history"])
+    return int(meta["step"]), history
 
 
 def load_system(path: Path, what: str):

@@ -8,6 +8,7 @@ at a time, so a session's memory does not grow with its length.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,25 @@ class VideoWriter:
         self._log.close()
         if code:
             raise OSError(f"{self.path}: ffmpeg could not finish the file (exit status {code}): {said}")
+
+
+def cut_video(path: str | Path, frames: int) -> None:
+    """Keep only the first `frames` frames of a (fragmented) MP4 we wrote, in place: ffmpeg copies them
+    without re-encoding to a new file beside it, which replaces it. OSError naming the file on failure."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    path = Path(path)
+    cut = path.with_name(path.name + ".cut")
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(path), "-map", "0:v:0", "-c", "copy",
+           "-frames:v", str(frames), "-movflags", "frag_keyframe+empty_moov", "-f", "mp4", str(cut)]
+    done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, start_new_session=True)
+    if done.returncode:
+        cut.unlink(missing_ok=True)
+        said = done.stderr.decode(errors="replace").strip().splitlines()
+        raise OSError(f"{path}: could not be cut to {frames} frames: {said[-1][:200] if said else done.returncode}")
+    os.replace(cut, path)
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int) -> None:

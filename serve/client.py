@@ -17,6 +17,7 @@ from .protocol import (
     decode_server_unit,
     encode_client_unit,
     hello_message,
+    strict_json,
 )
 
 
@@ -71,7 +72,7 @@ class SessionClient:
         except (OSError, InvalidHandshake, asyncio.TimeoutError) as e:
             raise SessionError("connect", f"{self.url}: expected a WebSocket session, got: {e or type(e).__name__}") from None
         await self.ws.send(hello_message(self.seed, self.audio_out, self.video_out))
-        msg = json.loads(await asyncio.wait_for(self.ws.recv(), self.open_timeout_s))
+        msg = strict_json(await asyncio.wait_for(self.ws.recv(), self.open_timeout_s))
         if msg.get("type") == "error":
             await self.ws.close()
             raise SessionError(msg.get("code", "?"), msg.get("message", ""))
@@ -119,7 +120,7 @@ class SessionClient:
                         if on_unit is not None:
                             on_unit(u)
                         continue
-                    m = json.loads(msg)
+                    m = strict_json(msg)
                     if m.get("type") == "error":
                         stats.errors.append(m)
                         if m.get("fatal"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 
 from .hub import Session, SessionHub
@@ -32,6 +33,7 @@ from .wire import MAX_HEADER_BYTES
 REJECTS = ("bad_audio", "bad_video", "bad_text", "bad_message")  # with a known unit: that unit becomes filler
 OUTBOX_SLACK = 8  # messages (errors, pongs, the final one, bye) the outbox holds beyond max_unacked_units
 CLOSE_TIMEOUT_S = 1.0  # closing the socket of a client that does not read gives up after this
+log = logging.getLogger("av_streamer.serve")
 
 
 class RateLimit:
@@ -49,6 +51,26 @@ class RateLimit:
             return False
         self.tokens -= 1.0
         return True
+
+
+class LogLimit:
+    """At most one log line per `every_s` for refusals no check foresaw (the rest are counted into the
+    next line), so a client cannot flood the replica's log."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.every_s, self.at, self.skipped = every_s, -float("inf"), 0
+
+    def warn(self, what: str, e: BaseException) -> None:
+        now = time.monotonic()
+        if now - self.at < self.every_s:
+            self.skipped += 1
+            return
+        log.warning("refused a %s: %s: %s (%d more since the last line)", what, type(e).__name__,
+                    str(e)[:200], self.skipped)
+        self.at, self.skipped = now, 0
+
+
+LOG_LIMIT = LogLimit()
 
 
 class Connection:
@@ -163,6 +185,11 @@ class Connection:
         except ProtocolError as e:
             self.error(e)
             return False
+        except Exception as e:  # a hello no check foresaw: refused like any bad hello, one log line at most
+            LOG_LIMIT.warn("hello", e)
+            self.error(ProtocolError("bad_hello", f"first message: expected a hello, got one that could not be read "
+                                                  f"({type(e).__name__})"))
+            return False
         self._offer(ready_message(self.session.id, replica, self.spec, self.limits, kind))
         return True
 
@@ -206,6 +233,10 @@ class Connection:
                 self.error(e)
                 if e.fatal:
                     return
+            except Exception as e:  # a message no check foresaw: dropped like any bad one, the session goes on
+                LOG_LIMIT.warn("message", e)
+                self.error(ProtocolError("bad_message", f"a message that could not be read ({type(e).__name__}); "
+                                                        f"expected a unit frame, end or ping"))
 
     @staticmethod
     def _parse(text: str) -> dict | ProtocolError:

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from unitio.jsonsafe import nesting_depth
 from unitio.units import InputError, check_text_unit
 
 from .wire import (
     CLIENT_UNIT,
+    MAX_DEPTH,
     MAX_HEADER_BYTES,
     PREFIX,
     SERVER_UNIT,
@@ -73,7 +75,7 @@ class Limits:
     messages_per_unit: float = 2.0  # ...refilled at this many per unit of wall time
     max_session_units: int = 22_500  # 1 hour of 160 ms units
     idle_timeout_s: float = 10.0  # no unit and no end for this long ends the session (pings do not count)
-    hello_timeout_s: float = 5.0
+    hello_timeout_s: float = 2.0  # the gate's deadline for the first message (serve/gate.py)
     max_unacked_units: int = 25  # outputs the client may leave unacknowledged (4 s; + 8 unsent) before slow_client
 
     def max_message_bytes(self, spec) -> int:
@@ -119,12 +121,23 @@ def parse_text(text: str) -> dict:
     if len(text.encode()) > MAX_HEADER_BYTES:
         raise ProtocolError("too_large", f"text message: expected at most {MAX_HEADER_BYTES} bytes, got {len(text.encode())}")
     try:
-        msg = json.loads(text, parse_constant=_no_constant)
+        msg = strict_json(text)
     except ValueError as e:
         raise ProtocolError("bad_message", f"text message: expected a JSON object, got an error: {e}") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ProtocolError("bad_message", f"text message: expected a JSON object with a string \"type\", got {text[:80]!r}")
     return msg
+
+
+def strict_json(text: str) -> object:
+    """Standard JSON (no NaN/Infinity) nested at most MAX_DEPTH deep -> the object; ValueError otherwise
+    (depth checked by a linear scan before parsing, so a deep nest never reaches the recursive decoder)."""
+    if nesting_depth(text, stop_above=MAX_DEPTH) > MAX_DEPTH:
+        raise ValueError(f"expected JSON nested at most {MAX_DEPTH} deep, got deeper")
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except (RecursionError, MemoryError) as e:
+        raise ValueError(f"expected JSON the decoder can hold, got {type(e).__name__}") from None
 
 
 def _no_constant(name: str):

@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 import struct
 
+from unitio.jsonsafe import loads_bounded
+
 MAGIC = b"AV"
 VERSION = 1
 CLIENT_UNIT, SERVER_UNIT = b"U", b"R"
 PREFIX = struct.Struct("<2sBcI")  # magic, version, kind, header length: 8 bytes
 MAX_HEADER_BYTES = 4096
+MAX_DEPTH = 8  # JSON nesting a header or control message may have (the protocol's deepest is 2)
 
 
 class FrameError(ValueError):
@@ -59,8 +62,8 @@ def unpack(data: bytes, kind: bytes, max_bytes: int) -> tuple[dict, memoryview]:
         raise FrameError(f"header length: expected 2 to {min(MAX_HEADER_BYTES, len(data) - PREFIX.size)} "
                          f"bytes, got {size}")
     try:
-        header = json.loads(bytes(data[PREFIX.size:PREFIX.size + size]).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+        header = loads_bounded(bytes(data[PREFIX.size:PREFIX.size + size]), MAX_HEADER_BYTES, MAX_DEPTH)
+    except ValueError as e:
         raise FrameError(f"header: expected a UTF-8 JSON object, got an error: {e}") from None
     if not isinstance(header, dict):
         raise FrameError(f"header: expected a JSON object, got {type(header).__name__}")

@@ -19,6 +19,7 @@ from .metrics import FORGET_S, prometheus_text
 from .metrics import health as health_summary
 from .pacer import Pacer
 from .protocol import PATH, Limits, spec_info
+from .raynet import loopback_replica_grpc
 from .rows import open_rows
 
 APP_NAME = "av-streamer"
@@ -43,6 +44,7 @@ class Board:
     """Every replica's last snapshot (serve/metrics.py); a replica that stops reporting shows as down."""
 
     def __init__(self) -> None:
+        loopback_replica_grpc()
         self.snapshots: dict[str, dict] = {}
 
     def report(self, snapshot: dict) -> None:
@@ -68,6 +70,7 @@ class Replica:
     threads, trust, rows ("auto" | "batched" | "unbatched"), grace_ms, limits (Limits' fields)."""
 
     def __init__(self, config: dict, board) -> None:
+        loopback_replica_grpc()  # before Serve opens this replica's own gRPC port (after __init__)
         context = ray_serve.get_replica_context()
         self.replica = context.replica_id.unique_id
         rows, self.kind, slots = open_rows(config["engines"], config.get("slots"), config.get("threads"),
@@ -82,13 +85,16 @@ class Replica:
 
     def _report(self) -> None:
         """Send this replica's snapshot to the board once a second (its own thread: never the pacer's)."""
-        while not self._stop.wait(REPORT_S):
+        while True:  # the first report at once: /health answers ok as soon as the replica is up
             with self.hub.lock:
                 snapshot = self.hub.metrics.snapshot()
+            snapshot["ok"] = self.pacer.alive() and not self.hub.failed
             try:
                 self.board.report.remote(snapshot).result(timeout_s=5)
             except Exception as e:  # the board restarts with the application; the next report goes through
                 log.warning("metrics report failed: %s", e)
+            if self._stop.wait(REPORT_S):
+                return
 
     @api.websocket(PATH)
     async def session(self, websocket: WebSocket) -> None:

@@ -105,11 +105,13 @@ def _finite(x: float) -> float | None:
 
 
 def health(snapshots: dict[str, dict], now: float | None = None) -> dict:
-    """A short JSON summary: replicas reporting, sessions, free slots, unit latency p50/p99."""
+    """A short JSON summary: ok (some replica reports, none failed or silent), replicas reporting,
+    sessions, free slots, unit latency p50/p99."""
     now = time.time() if now is None else now
     live = [s for s in snapshots.values() if now - s["time"] <= STALE_S]
     lat = quantiles([v for s in live for v in s["latency_ms"]])
-    return {"replicas": len(live), "replicas_down": len(snapshots) - len(live),
+    return {"ok": bool(live) and all(s.get("ok", True) for s in live) and len(live) == len(snapshots),
+            "replicas": len(live), "replicas_down": len(snapshots) - len(live),
             "sessions": sum(s["sessions"] for s in live), "slots": sum(s["slots"] for s in live),
             "slots_free": sum(s["slots"] - s["sessions"] for s in live),
             "unit_latency_ms": {"p50": _finite(lat[0.5]), "p99": _finite(lat[0.99])},  # null before any unit

@@ -23,7 +23,16 @@ def add_parsers(sub) -> None:
     serve.add_argument("--replicas", type=types.int_in(1, 4096), default=None,
                        help="replicas, each one batched runtime (default: one per GPU for GPU engines, else 1)")
     serve.add_argument("--address", default=None, metavar="RAY_ADDRESS",
-                       help="join this Ray cluster (e.g. auto, or HOST:6379) instead of starting a local instance")
+                       help="join this Ray cluster (e.g. auto, or HOST:6379) instead of starting a local instance "
+                            "(requires Ray's token authentication: RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+    serve.add_argument("--listen", default=None, metavar="HOST",
+                       help="start a Ray cluster other nodes may join on this address (default: a local instance "
+                            "with every Ray port on 127.0.0.1); turns Ray's token authentication on")
+    serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                       help="a web page origin (e.g. https://example.org) allowed to open sessions besides the "
+                            "server's own; repeat for more, '*' for any (default: same origin only)")
+    serve.add_argument("--max-per-address", type=types.int_in(1, 4096), default=16,
+                       help="sessions one client address may hold at once (default 16)")
     serve.add_argument("--threads", type=types.threads, default=1, help="CPU threads per engine (default 1)")
     serve.add_argument("--rows", default="auto", choices=["auto", "batched", "unbatched"],
                        help="batched runtime (engines of batch B) or B solo sessions (batch-1 engines); default auto")
@@ -55,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Check the engines (and their signature), start or join Ray, deploy, serve until Ctrl-C/SIGTERM."""
     import ray
 
-    from serve.launch import check_port, deploy, start_ray, stop
+    from serve.launch import check_port, deploy, start_ray, stop, stop_sessions
     from serve.protocol import PATH, Limits
     from serve.rows import engine_batch
 
@@ -77,25 +86,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = Limits(max_session_units=int(args.max_session_s * 1000 / unit_ms), idle_timeout_s=args.idle_timeout_s)
     config = {"engines": str(engines), "threads": args.threads, "trust": trust, "rows": args.rows,
               "grace_ms": args.grace_ms, "limits": limits.__dict__}
+    if args.address and args.listen:
+        raise ValueError("--address and --listen: expected one of them (join a cluster, or start one to be joined)")
     with stop_signals():
-        local = start_ray(args.address, args.num_cpus)
+        local = start_ray(args.address, args.num_cpus, listen=args.listen, say=console.print)
         try:
             gpus = int(ray.cluster_resources().get("GPU", 0))
             if cuda and gpus == 0:
                 raise ValueError(f"{engines} holds engines for a CUDA GPU; the Ray cluster has no GPU")
             replicas = args.replicas or (gpus if cuda else 1)
+            gate = {"allow_origins": tuple(args.allow_origin), "max_sessions_per_address": args.max_per_address}
             url = deploy(config, replicas, slots, args.host, args.port, 1.0 if cuda else 0.0,
-                         0.0 if cuda else float(args.threads))
+                         0.0 if cuda else float(args.threads), gate)
             kind = "batched" if batch > 1 and args.rows != "unbatched" else "unbatched"
             console.print(f"serving {manifest['preset']['name']} ({manifest['backend']}, {kind}): {replicas} replica(s) "
                           f"x {slots} sessions, on {'a joined cluster' if not local else 'a local Ray instance'}")
             ws = url.replace("http://", "ws://")
             console.print(f"  page     {url}/\n  session  {ws}{PATH}\n  metrics  {url}/metrics   health {url}/health\n"
                           f"Ctrl-C stops.")
-            while True:
-                time.sleep(1.0)
+            with stop_signals():  # again: ray.init put its own (aborting) handlers in front of ours
+                while True:
+                    time.sleep(1.0)
         finally:
-            console.print("stopping ...")
+            told = stop_sessions()  # shutting_down and close 1001 to every session, before Ray goes down
+            console.print(f"stopping ... ({told} live session(s) told shutting_down)")
             stop(local)
 
 

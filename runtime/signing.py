@@ -39,15 +39,17 @@ def read_capped(path: Path, cap: int, what: str) -> bytes:
         raise SignatureError(f"{path}: no such {what} file") from None
     except OSError as e:
         raise SignatureError(f"{path}: cannot open the {what} file: {e.strerror or e}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise SignatureError(f"{path}: expected a regular {what} file, got something else (a folder, FIFO "
                                  f"or device)")
         if st.st_size > cap:
             raise SignatureError(f"{path}: expected a {what} of at most {cap} bytes, got a file of {st.st_size} "
                                  f"bytes (not read)")
-        data = f.read(cap + 1)
+        data = os.read(fd, cap + 1)  # one read: a regular file gives what it holds, up to cap + 1
+    finally:
+        os.close(fd)
     if len(data) > cap:
         raise SignatureError(f"{path}: expected a {what} of at most {cap} bytes, got more")
     return data

@@ -232,3 +232,114 @@ def test_manifest_structure(engine_copy, capsys, tmp_path_factory):
         check()
     finally:
         (engine_copy / MANIFEST).write_bytes(good)
+
+
+# --- deep nesting, huge files and links (issue 21) -------------------------------------------------------------
+def nested(max_depth: int = 6000):
+    """JSON text nested `depth` deep in arrays and objects (a few KB at most), sometimes left unclosed."""
+    return st.tuples(st.integers(1, max_depth), st.integers(0, 2**32), st.booleans()).map(_nest)
+
+
+def _nest(args) -> str:
+    depth, seed, close = args
+    opens = ["[" if (seed >> (i % 32)) & 1 else '{"k":' for i in range(depth)]
+    closes = ["]" if o == "[" else "}" for o in reversed(opens)]
+    return "".join(opens) + "0" + ("".join(closes) if close else "")
+
+
+def test_nested_json_everywhere(engine_copy, tmp_path_factory, capsys):
+    """Nesting from 1 to 6,000 deep in the bounded parser itself, in manifest.json (`inspect`) and in a
+    weights file's preset_json and aliases: a value or the usual refusal, never a RecursionError."""
+    import torch
+    from safetensors.torch import save_file
+
+    from model_src.weights import read_preset
+    from unitio.jsonsafe import loads_bounded, nesting_depth
+
+    good = (engine_copy / MANIFEST).read_bytes()
+    d = tmp_path_factory.mktemp("fuzz_nested")
+
+    @budget(25)
+    @given(text=nested(), where=st.sampled_from(["parser", "manifest", "preset_json", "aliases"]))
+    def check(text, where):
+        if where == "parser":
+            try:
+                value = loads_bounded(text, 1 << 20, 64)
+            except ValueError:
+                assert nesting_depth(text) > 64 or not text.endswith(("]", "}"))
+                return
+            assert nesting_depth(text) <= 64 and value is not None
+        elif where == "manifest":
+            (engine_copy / MANIFEST).write_text(text)
+            code, err = _cli(["inspect", engine_copy], capsys)
+            assert code == 2 and "manifest.json" in err, err
+        else:
+            meta = {"format": "av-streamer-weights/1", "preset": "tiny", "preset_json": "{}", "aliases": "{}"}
+            meta[where] = text
+            save_file({"x": torch.zeros(1)}, str(d / "n.safetensors"), metadata=meta)
+            with pytest.raises(WeightsError, match="n.safetensors"):
+                read_preset(d / "n.safetensors")
+
+    try:
+        check()
+    finally:
+        (engine_copy / MANIFEST).write_bytes(good)
+
+
+def _targets(folder):
+    """What a planted link may point at: devices, a FIFO, a folder, nothing, a 2 GiB sparse file."""
+    import os
+
+    folder.mkdir(exist_ok=True)
+    fifo, sparse = folder / "fifo", folder / "sparse"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    with open(sparse, "wb") as f:
+        f.truncate(2 << 30)
+    return {"dev-zero": "/dev/zero", "dev-null": "/dev/null", "fifo": fifo, "folder": folder,
+            "dangling": folder / "nothing", "sparse-2g": sparse}
+
+
+ROLES = ("manifest.json", "manifest.sig", "wav", "mp4", "weights")
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_input_behind_a_link(role, tiny_ort_engines, media, tmp_path, capsys):
+    """Each file the CLI reads, replaced by a link to a device, a FIFO, a folder, nothing or a 2 GiB
+    sparse file: refused with exit 2 naming it, promptly (no read of the whole, no blocked open)."""
+    import os
+    import signal
+    import time
+
+    from runtime.manifest import sign_directory
+
+    targets = _targets(tmp_path / "targets")
+    eng = tmp_path / "eng"
+    shutil.copytree(tiny_ort_engines, eng)
+    assert main(["keygen", "--out", str(tmp_path / "k")]) == 0
+    sign_directory(eng, tmp_path / "k")
+    capsys.readouterr()
+    link = {"manifest.json": eng / MANIFEST, "manifest.sig": eng / "manifest.sig", "wav": tmp_path / "in.wav",
+            "mp4": tmp_path / "in.mp4", "weights": tmp_path / "w.safetensors"}[role]
+    argv = {"manifest.json": ["inspect", eng], "manifest.sig": ["inspect", eng, "--trust", tmp_path / "k.pub"],
+            "wav": ["run", "--preset", "tiny", "--input", f"{link}+{media / 'v.mp4'}", "--out", tmp_path / "o"],
+            "mp4": ["run", "--preset", "tiny", "--input", f"{media / 'a.wav'}+{link}", "--out", tmp_path / "o"],
+            "weights": ["run", "--weights", link, "--out", tmp_path / "o"]}[role]
+
+    def hung(*_):
+        raise TimeoutError(f"{role} behind a link: no answer in 30 s (a blocked open or a whole read?)")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    try:
+        for name, target in targets.items():
+            link.unlink(missing_ok=True)
+            os.symlink(target, link)
+            t0 = time.perf_counter()
+            signal.alarm(30)
+            code, err = _cli(argv, capsys)
+            signal.alarm(0)
+            assert code == 2 and link.name in err, (name, err)
+            assert time.perf_counter() - t0 < 20, name
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

@@ -215,3 +215,20 @@ def test_a_full_disk_keeps_consistent_outputs(tiny_ort_engines, tmp_path, tiny, 
         assert 5 < units < 3000 and f"({units} units of output, stopped early" in err
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_children_never_see_the_cwd_and_see_the_parents_user_site(monkeypatch):
+    """The performer's interpreter flags: -P always; -s only when the parent itself runs without user
+    site-packages (a `pip install --user` package carried to a GPU box must import in the performer too),
+    and PYTHONSAFEPATH=1 for whatever the child starts."""
+    import types
+
+    from runtime import child
+
+    argv = child.child_argv("runtime.performer", "{}")
+    assert argv[:2] == [sys.executable, "-P"] and argv[-3:] == ["-m", "runtime.performer", "{}"]
+    assert ("-s" in argv) == bool(sys.flags.no_user_site)
+    monkeypatch.setattr(child.sys, "flags", types.SimpleNamespace(no_user_site=1))
+    assert "-s" in child.child_argv("m")
+    monkeypatch.setattr(child.sys, "flags", types.SimpleNamespace(no_user_site=0))
+    assert "-s" not in child.child_argv("m") and child.child_env()["PYTHONSAFEPATH"] == "1"

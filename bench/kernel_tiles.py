@@ -23,6 +23,9 @@ import os
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # this repo's packages, from anywhere and without an install (never the cwd)
 os.environ.pop("TRITON_INTERPRET", None)  # the compiler, not the interpreter (read when triton.jit runs)
 
 HEADS = {"base": (16, 8), "large": (28, 4)}

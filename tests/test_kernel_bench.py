@@ -63,6 +63,10 @@ def test_sdpa_baseline_prepares_its_keys_outside_the_timed_call(monkeypatch):
     with OpLog() as timed:
         got = call()
     assert "cat" in made.ops and "cat" not in timed.ops and "repeat_interleave" not in timed.ops, timed.ops
+    with OpLog() as planted:  # the old in-model baseline: concatenation and repeats inside the call
+        torch.nn.functional.scaled_dot_product_attention(args[0], torch.cat([args[1], args[4]], 2).repeat_interleave(
+            2, dim=1), torch.cat([args[2], args[5]], 2).repeat_interleave(2, dim=1))
+    assert "cat" in planted.ops and "repeat_interleave" in planted.ops
     from kernels.reference import block_attention_reference
 
     assert (got - block_attention_reference(*args)).abs().max() < 1e-5

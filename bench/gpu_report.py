@@ -66,10 +66,13 @@ def headline_lines(ses: dict) -> list[str]:
         lines += [f"Plan: `streamer plan --preset {plan.get('preset')} --gpu {plan.get('gpu_key')} --precision "
                   f"{plan.get('precision')}` ({plan.get('gpu')}).", ""]
     lines += ["| ms | measured p50 | measured p99 | planned |", "| --- | ---: | ---: | ---: |"]
-    for label, key, planned in (("step time per unit", "step_ms", plan.get("unit_ms")),
-                                ("cycle per unit", "cycle_ms", None),
-                                ("model-side latency", "latency_ms", plan.get("latency_ms"))):
-        d = ses.get(key)
+    rows = [("step time per unit", ses.get("step_ms"), plan.get("unit_ms")), ("cycle per unit", ses.get("cycle_ms"), None),
+            ("model-side latency", ses.get("latency_ms"), plan.get("latency_ms"))]
+    progress = ses.get("progress", {})
+    if "step_ms" not in ses and progress:  # cut short: what the last progress record holds
+        rows[0] = (f"step time per unit (the first {progress['timed_units']} timed units only: cut short)",
+                   progress.get("step_ms"), plan.get("unit_ms"))
+    for label, d, planned in rows:
         lines.append(f"| {label} | {_num((d or {}).get('p50'))} | {_tail(d)} | {_num(planned)} |")
     for phase, d in ses.get("phase_ms", {}).items():
         label = "performer lag (not summed)" if phase == "performer_lag" else \

@@ -6,7 +6,6 @@ killed later keeps what it measured.
 """
 from __future__ import annotations
 
-import copy
 import importlib
 import os
 import platform
@@ -17,11 +16,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
 import torch
+
+from bench.kernel_sections import fp8_flow, kernel_timing  # the kernel sections (bench/kernel_sections.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_DATASHEET = "no datasheet entry"
@@ -192,85 +192,6 @@ def stage_attention(ctx: Context) -> dict:
     out["speedup"] = {n: out["sdpa"][n] / out["triton"][n] for n in out["triton"]}
     _system(ctx, "triton")
     return out
-
-
-def kernel_timing(ctx: Context) -> dict:
-    if ctx.dry_run:
-        return {"skipped": "dry run"}
-    from triton.testing import do_bench
-
-    import kernels.ops  # noqa: F401
-    from bench.attention import D, available_methods, inputs
-    from planning.budget import gpus
-
-    hbm = gpus()[gpu_key()]["hbm_gbps"]
-    methods = available_methods()
-    rows = []
-    shapes = [("base", 16, 8, "flow", 196, n) for n in (4096, 16384, 32768)] + \
-             [("large", 28, 4, "thinker", 250, n) for n in (4096, 16384, 32768)]
-    for preset, hq, hkv, kind, n_q, n in shapes:
-        q, ck, cv, cl, lk, lv = inputs(1, hq, hkv, n_q, n, torch.bfloat16)
-        bytes_moved = 2 * hkv * (n + n_q) * D * ck.element_size() + 2 * q.numel() * q.element_size()
-        row = {"preset": preset, "queries": f"{kind} {n_q}", "keys": n}
-        for name, make in methods.items():
-            if name.startswith("flex") and not (n_q == 196 and n == 16384 or n_q == 250 and n == 32768):
-                continue  # FlexAttention compiles per shape: the goal shapes only
-            try:
-                ms = do_bench(make(q, ck, cv, cl, lk, lv), warmup=10, rep=50)
-                row[name] = {"ms": ms, "hbm_fraction": bytes_moved / (ms * 1e-3) / (hbm * 1e9)}
-            except Exception as e:  # noqa: BLE001 - a backend that cannot run a shape is reported
-                row[name] = {"error": str(e).splitlines()[0][:120]}
-        rows.append(row)
-        print("  " + f"{preset} {kind} {n_q}x{n}: " + ", ".join(
-            f"{k} {v['ms']:.3f}" for k, v in row.items() if isinstance(v, dict) and "ms" in v))
-    goal = next(r for r in rows if r["queries"] == "flow 196" and r["keys"] == 16384)
-    ours = goal["triton (ours)"].get("ms")
-    ratios = {k: v["ms"] / ours for k, v in goal.items() if isinstance(v, dict) and "ms" in v and ours}
-    return {"rows": rows, "goal_196x16k_speedup": ratios,
-            "hbm_fraction_32k": {r["queries"]: r["triton (ours)"].get("hbm_fraction") for r in rows if r["keys"] == 32768}}
-
-
-def fp8_flow(ctx: Context) -> dict:
-    """flow_step (4 Euler steps from the same noise) with FP8 GEMMs against bf16: time and latent cosine."""
-    if ctx.dry_run or torch.cuda.get_device_capability() < (8, 9):
-        return {"skipped": "needs FP8 tensor cores (compute capability 8.9+)" if not ctx.dry_run else "dry run"}
-    from bench.fp8_linear import to_fp8
-
-    system = _system(ctx, "triton")
-    fp8_system = SimpleNamespace(preset=system.preset, model=copy.deepcopy(system.model), audio_vae=system.audio_vae,
-                                 video_vae=system.video_vae)  # the same codecs; the transformer's GEMMs in FP8
-    replaced = to_fp8(fp8_system.model.backbone.layers)
-    out = {"linears_fp8": replaced}
-    latents = {}
-    for label, sys_ in (("bf16", system), ("fp8", fp8_system)):
-        bound = _stage_calls(sys_, ctx.device)
-        out[f"{label}_ms"] = _time_call(bound["calls"]["flow_step"], bound["stream"])
-        latents[label] = _solve(sys_, ctx.device)
-        del bound
-    a, b = (latents[k].double().flatten() for k in ("bf16", "fp8"))
-    out["latent_cosine"] = float(a @ b / (a.norm() * b.norm()))
-    out["speedup"] = out["bf16_ms"] / out["fp8_ms"]
-    del fp8_system
-    print(f"  flow_step bf16 {out['bf16_ms']:.2f} ms, fp8 {out['fp8_ms']:.2f} ms ({out['speedup']:.2f}x), "
-          f"latent cosine {out['latent_cosine']:.4f}")
-    return out
-
-
-def _solve(system, device: str) -> torch.Tensor:
-    """y of one unit (4 Euler steps) on a random half-full cache: the video latents, float32."""
-    from model_src.flow import euler_solve
-
-    p, g = system.preset, torch.Generator(device).manual_seed(1)
-    shape = (p.n_layers, 1, p.n_kv_heads, p.cache_capacity, p.head_dim)
-    k, v = (torch.randn(shape, generator=g, device=device).to(system.model.dtype) for _ in range(2))
-    length = torch.full((1,), p.cache_capacity // 2, device=device)
-    index = torch.full((1,), 10, device=device)
-    na = torch.randn(1, p.audio_frames_per_unit, p.audio_z, generator=g, device=device)
-    nv = torch.randn(1, p.video_z, p.latent_height, p.latent_width, generator=g, device=device)
-    with torch.no_grad():
-        _, yv = euler_solve(lambda xa, xv, t: system.model.flow_step(xa, xv, t, k, v, length, index), na, nv,
-                            p.flow_steps)
-    return yv.float()
 
 
 def engines(ctx: Context) -> dict:

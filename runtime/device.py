@@ -2,8 +2,11 @@
 
 On "cuda:N": streams (the performer's at a higher priority), events for the dependencies between them,
 page-locked host buffers so host<->device copies are asynchronous DMA, CUDA graphs. On "cpu": the same
-calls with no streams, events or graphs (everything runs in order), so the device path's logic runs
-and is tested on a CPU. The runtime imports torch only here and in the device-path modules.
+calls on the CPU twin (runtime/device_twin.py): streams defer their work until an event wait or a sync
+orders it, and `capture` records a graph whose replay re-runs only the recorded tensor ops and engine
+calls, so the device path's ordering and capture bugs show on a CPU (`Device("cpu", twin=False)`: no
+streams, events or graphs, everything in order). The runtime imports torch only here and in the
+device-path modules.
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from . import device_twin
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -25,9 +30,11 @@ def torch_dtype(name: str) -> torch.dtype:
 class Device:
     """One torch device with what the runtime needs of it."""
 
-    def __init__(self, name: str = "cpu") -> None:
+    def __init__(self, name: str = "cpu", twin: bool = True) -> None:
         self.torch = torch.device(name)
         self.cuda = self.torch.type == "cuda"
+        self.twin = twin and not self.cuda  # streams, events and graphs emulated on the CPU
+        self._streams: list = []
         if self.cuda:
             if not torch.cuda.is_available():
                 raise RuntimeError(f"device {name}: torch sees no CUDA device on this machine")
@@ -48,23 +55,39 @@ class Device:
         return torch.zeros(tuple(shape), dtype=dtype, pin_memory=self.cuda)
 
     def stream(self, high_priority: bool = False):
+        """A new stream (the performer's at a higher priority): a CUDA stream, a CpuStream on the twin."""
         if not self.cuda:
-            return None
+            if not self.twin:
+                return None
+            stream = device_twin.CpuStream(f"{self}#{len(self._streams)}{' high' if high_priority else ''}")
+            self._streams.append(stream)
+            return stream
         low, high = torch.cuda.Stream.priority_range()  # (0, -N): lower numbers run first
         return torch.cuda.Stream(self.torch, priority=high if high_priority else low)
 
     def use(self, stream):
-        """Context: this device and `stream` current (nothing on a CPU): TensorRT and graph capture run on
-        the current device, so a second GPU's work must have it current, not only its stream."""
+        """Context: this device and `stream` current (on the twin: the CpuStream its work is deferred to):
+        TensorRT and graph capture run on the current device, so a second GPU's work must have it current,
+        not only its stream."""
         if stream is None:
             return nullcontext()
+        if isinstance(stream, device_twin.CpuStream):
+            return device_twin.use(stream)
         stack = ExitStack()
         stack.enter_context(torch.cuda.device(self.torch))
         stack.enter_context(torch.cuda.stream(stream))
         return stack
 
+    def current_stream(self):
+        """The stream work is issued on now (None: the CPU without the twin, or no twin stream current)."""
+        if self.cuda:
+            return torch.cuda.current_stream(self.torch)
+        return device_twin.current_stream() if self.twin else None
+
     def event(self):
-        return torch.cuda.Event() if self.cuda else None
+        if self.cuda:
+            return torch.cuda.Event()
+        return device_twin.CpuEvent() if self.twin else None
 
     @staticmethod
     def record(event, stream) -> None:
@@ -73,25 +96,36 @@ class Device:
 
     @staticmethod
     def wait(stream, event) -> None:
-        """`stream` waits (on the device, the host goes on) for `event`."""
-        if stream is not None and event is not None:
+        """`stream` waits (on the device, the host goes on) for `event` (the twin runs the event's work
+        now, so `stream`'s later work comes after it)."""
+        if isinstance(event, device_twin.CpuEvent):
+            event.synchronize()
+        elif stream is not None and event is not None:
             stream.wait_event(event)
 
     @staticmethod
     def sync(event) -> None:
         """The host waits for `event` (for a value it needs: tokens, media)."""
         if event is not None:
+            if device_twin.capturing():
+                raise device_twin.CaptureError("a host sync during CUDA graph capture (a GPU refuses it)")
             event.synchronize()
 
     @staticmethod
     def done(event) -> bool:
         return event is None or event.query()
 
+    def launch(self, call: Callable[[], None]) -> Callable[[], None]:
+        """`call` as one unit of device work (an engine call): on the twin, a node of the graph being
+        captured, or deferred to the current stream; on a GPU (or without the twin) `call` itself."""
+        return device_twin.launch(call) if self.twin else call
+
     def capture(self, call: Callable[[], None], stream, warmup: int = 2) -> Callable[[], None]:
         """`call` captured once as a CUDA graph on `stream` (after `warmup` plain runs: allocations and
-        autotuning happen before the capture), returned as its replay; on a CPU, `call` itself."""
+        autotuning happen before the capture), returned as its replay; on the CPU twin an emulated graph
+        (runtime/device_twin.py); on a CPU without it, `call` itself."""
         if not self.cuda:
-            return call
+            return device_twin.capture(call, stream, min(warmup, 1)) if self.twin else call
         with torch.cuda.device(self.torch):
             with torch.cuda.stream(stream):
                 for _ in range(warmup):
@@ -107,6 +141,8 @@ class Device:
         """The host waits for all of this device's work (setup only: after resets on its default stream)."""
         if self.cuda:
             torch.cuda.synchronize(self.torch)
+        for stream in self._streams:
+            stream.synchronize()
 
 
 def host_view(t: torch.Tensor) -> np.ndarray:

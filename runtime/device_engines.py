@@ -54,10 +54,18 @@ class DeviceEngine:
         """One device tensor per output, shaped and typed as the manifest says."""
         return {t.name: self.device.empty(t.shape, torch_dtype(t.dtype)) for t in self.outputs}
 
+    @property
+    def can_capture(self) -> bool:
+        """Whether this engine's calls can be in a graph on its device: on a GPU, `capturable`; on the CPU
+        twin every engine (each call is one node of the emulated graph)."""
+        return self.capturable or not self.device.cuda
+
     def bind(self, feeds: dict[str, torch.Tensor], outs: dict[str, torch.Tensor]) -> Call:
+        """The engine bound to `feeds` and `outs` (checked here, once): a call with no arguments, issued as
+        one unit of work on the current stream (`Device.launch`)."""
         self.check(feeds, self.inputs, "inputs")
         self.check(outs, self.outputs, "outputs")
-        return self._bind(feeds, outs)
+        return self.device.launch(self._bind(feeds, outs))
 
     def _bind(self, feeds, outs) -> Call:
         raise NotImplementedError

@@ -45,7 +45,7 @@ class ProcessDevicePerformer(PerformerProcess):
 
     def __init__(self, directory: str | Path, spec: SimpleNamespace, seed: int, log: SpanLog, ledger: TransferLedger,
                  device: Device, stream, threads: int | None = None, timeout_s: float | None = None,
-                 trust: str | Path | None = None) -> None:
+                 trust: str | Path | None = None, graphs: bool | None = None) -> None:
         self.log, self.ledger, self.device, self.stream = log, ledger, device, stream
         self.notes: list[str] = []
         if device.cuda and not mps_running():
@@ -55,7 +55,8 @@ class ProcessDevicePerformer(PerformerProcess):
             warnings.warn(note, RuntimeWarning, stacklevel=3)
         self.slots = Exchange.create(exchange_layout(spec), device)  # `slots`: PerformerProcess.close frees it
         config = {"directory": str(Path(directory).resolve()), "exchange": self.slots.handle, "seed": seed,
-                  "threads": threads, "device": str(device), "trust": str(trust) if trust else None}
+                  "threads": threads, "device": str(device), "trust": str(trust) if trust else None,
+                  "graphs": graphs}
         warm_ms = self._start("runtime.device_process", config, timeout_s)
         self.timeout_s = timeout_s or max(2.0, 10 * warm_ms / 1000.0)
         self._unit = -1
@@ -107,8 +108,10 @@ def device_performer_main(cfg: dict, conn: Connection) -> None:
         from .spec import unit_spec
 
         device = Device(cfg["device"])
+        graphs = cfg.get("graphs")
+        graphs = device.cuda if graphs is None else graphs  # the thinker's choice (on the CPU twin: emulated)
         manifest, engines = load_device_engines(cfg["directory"], device, ["flow_step"], cfg["threads"],
-                                                trust=cfg.get("trust"))
+                                                trust=cfg.get("trust"), graphs=graphs)
         spec = unit_spec(manifest)
         exchange = Exchange.attach(cfg["exchange"], exchange_layout(spec))
         ledger, stream = TransferLedger(), device.stream(high_priority=True)
@@ -116,7 +119,7 @@ def device_performer_main(cfg: dict, conn: Connection) -> None:
         solver = DeviceSolver(engines["flow_step"], spec, device, cache, ledger, cfg["seed"])
         append_bytes = 2 * cache.k[:, :, :, :spec.unit_tokens].numel() * cache.k.element_size()
         with device.use(stream):
-            if device.cuda and engines["flow_step"].capturable:
+            if graphs and engines["flow_step"].can_capture:
                 solver.capture(stream)
             t0 = time.perf_counter()
             solver.load(0)

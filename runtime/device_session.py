@@ -11,8 +11,9 @@ One unit k reads top to bottom in `step`, as in runtime/session.py:
 The KV cache and codec states are allocated once on the device and never cross the bus; every copy
 goes through the TransferLedger (`ledger.per_unit()`). Placements: one-gpu (one process, two streams,
 one cache), two-gpu (the performer on a second GPU with its own cache), two-process (a second process
-on the same GPU, delta and y_k through CUDA IPC). On device "cpu" the same code runs without streams,
-events or graphs, so CI tests it (outputs equal the sequential reference; the ledger's bytes).
+on the same GPU, delta and y_k through CUDA IPC). On device "cpu" the same code runs on the CPU twin
+(runtime/device_twin.py: streams that defer their work until a wait or sync orders it, and emulated CUDA
+graphs with graphs=True), so CI tests it (outputs equal the sequential reference; the ledger's bytes).
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ class DeviceSession(StreamOrder):
 
     device: the thinker's device ("cuda:0", or "cpu" for the CPU twin); performer_device: the
     performer's (two-gpu: default cuda:1); graphs: capture each phase as a CUDA graph (default: on a
-    GPU when every engine is capturable); engines: (manifest, {stage: DeviceEngine}, initial_state)
+    GPU when every engine is capturable; on a CPU off, and True emulates them on the twin); engines: (manifest, {stage: DeviceEngine}, initial_state)
     given directly instead of a directory (torch stage modules in process, e.g. bench/gpu_check.py);
     trust: a public key the directory must be signed with (checked by every process that loads it)."""
 
@@ -83,7 +84,7 @@ class DeviceSession(StreamOrder):
                                  "(ONNX Runtime runs on its own stream)")
             self.thinker.capture()
             self.performer.capture()
-            torch.cuda.synchronize(self.device.torch)
+            self.device.synchronize()
         self.cache.reset()  # the captures' warm-up runs wrote into the state: start from a fresh stream
         self.thinker.reset()
         if isinstance(self.performer, TwoDevicePerformer):
@@ -108,7 +109,7 @@ class DeviceSession(StreamOrder):
         from .device_process import ProcessDevicePerformer
 
         return ProcessDevicePerformer(directory, s, self.seed, self.log, self.ledger, self.device, self.stream,
-                                      threads=threads, timeout_s=timeout_s, trust=trust)
+                                      threads=threads, timeout_s=timeout_s, trust=trust, graphs=self._graphs)
 
     def step(self, audio: np.ndarray, frames: np.ndarray, text_in: np.ndarray | None = None) -> UnitResult:
         """One unit of user input -> the model's text for unit k and the audio/frames of unit k - 1 (None

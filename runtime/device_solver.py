@@ -50,7 +50,7 @@ class DeviceSolver:
         self._steps = [engine.bind({"noisy_audio": self.x_audio, "noisy_video": self.x_video, "t": t, **cache_feeds,
                                     "unit_index": self.unit}, self.velocity) for t in self.t]
         self._solve = self._solve_steps
-        self.capturable = engine.capturable
+        self.capturable = engine.can_capture
 
     def _input(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return y if dtype == torch.float32 else self.device.empty(y.shape, dtype)
@@ -89,8 +89,7 @@ class DeviceSolver:
         self.ledger.h2d(self.y_audio, ha)
         self.ledger.h2d(self.y_video, hv)
         self.ledger.h2d(self.unit, hu)
-        self.device.record(self.noise_copied[slot], torch.cuda.current_stream(self.device.torch)
-                           if self.device.cuda else None)
+        self.device.record(self.noise_copied[slot], self.device.current_stream())
 
     def run(self) -> None:
         """The N steps on the device; y_audio / y_video hold y_k after."""

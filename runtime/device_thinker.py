@@ -78,7 +78,7 @@ class DeviceThinker:
         self.host_out = {"tokens": dev.host(self.think_out["text_tokens"].shape, torch.int64),
                          "wave": dev.host(self.wave_out.shape, torch.float32),
                          "frames": dev.host((b, f, h, w, 3), torch.uint8)}
-        self.capturable = all(engines[n].capturable for n in engines if n != "flow_step")
+        self.capturable = all(engines[n].can_capture for n in engines if n != "flow_step")
 
     def _bind_encode(self, engines, outs, parity: int, casts) -> Callable[[], None]:
         calls = []

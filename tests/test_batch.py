@@ -25,9 +25,9 @@ def _text(spec, r):
 
 
 def test_four_batched_sessions_give_four_solo_sessions(tiny_ort_engines, tiny_batch_engines):
-    """Tolerance: tokens equal; audio within 1e-5 (another batch size's GEMMs sum in another order);
-    frames within one level of 255, rounding at a .5 boundary."""
-    with BatchedSession(tiny_batch_engines, threads=1) as batch:
+    """On the CPU twin with emulated CUDA graphs. Tolerance: tokens equal; audio within 1e-5 (another
+    batch size's GEMMs sum in another order); frames within one level of 255, rounding at a .5 boundary."""
+    with BatchedSession(tiny_batch_engines, threads=1, graphs=True) as batch:
         streams = _streams(batch.spec, 4)
         rows = [batch.join(seed=10 + r) for r in range(4)]
         got = {row: [] for row in rows}
@@ -55,8 +55,9 @@ def test_four_batched_sessions_give_four_solo_sessions(tiny_ort_engines, tiny_ba
 
 def test_joining_and_leaving_change_nothing_in_the_other_rows(tiny_batch_engines):
     """Row A streams alone; then again while B joins at unit 3 and C joins at 1 and leaves at 5: A's
-    outputs are bitwise the same (rows never read each other)."""
-    with BatchedSession(tiny_batch_engines, threads=1) as batch:
+    outputs are bitwise the same (rows never read each other). Emulated CUDA graphs on the CPU twin: the
+    rows' resets run outside the graphs, on the thinker's stream."""
+    with BatchedSession(tiny_batch_engines, threads=1, graphs=True) as batch:
         streams = _streams(batch.spec, 3)
         alone = batch.join(seed=1)
         baseline = [batch.step({alone: streams[0][k]})[alone] for k in range(UNITS)]

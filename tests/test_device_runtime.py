@@ -56,12 +56,16 @@ def _expected_bytes(spec, placement: str) -> dict[str, int]:
     return {"h2d": inputs + noise, "d2h": outputs, "d2d": 3 * delta + 2 * y}
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
-def test_device_path_equals_the_reference_bitwise_and_moves_only_a_units_io(tiny_ort_engines, reference, placement):
-    """Every placement on the CPU: tokens, audio and frames bitwise the sequential host path's; the ledger
-    per unit exactly the spec's formula (inputs, seed noise, delta, y_k, outputs), never the state."""
+@pytest.mark.parametrize("placement,graphs", [(p, True) for p in PLACEMENTS] + [("one-gpu", False)])
+def test_device_path_equals_the_reference_bitwise_and_moves_only_a_units_io(tiny_ort_engines, reference, placement,
+                                                                            graphs):
+    """Every placement on the CPU twin (deferred streams; emulated CUDA graphs, and one-gpu eager too):
+    tokens, audio and frames bitwise the sequential host path's; the ledger per unit exactly the spec's
+    formula (inputs, seed noise, delta, y_k, outputs), never the state."""
     units, want, want_last = reference
-    with DeviceSession(tiny_ort_engines, placement=placement, device="cpu", seed=7, threads=1) as session:
+    with DeviceSession(tiny_ort_engines, placement=placement, device="cpu", seed=7, threads=1,
+                       graphs=graphs) as session:
+        assert session.graphs is graphs
         got, got_last = _stream(session, units)
         rows, spec, cache_bytes = list(session.ledger.units), session.spec, session.cache.nbytes()
     assert_same_outputs(want, got, want_last, got_last)
@@ -69,7 +73,7 @@ def test_device_path_equals_the_reference_bitwise_and_moves_only_a_units_io(tiny
     for row in rows[2:len(units)]:  # every step after the first two (the two-process report arrives a unit late)
         assert row == expected, (placement, row, expected)
     assert max(max(r.values()) for r in rows) < cache_bytes  # the cache never crosses
-    report(f"device path ({placement}, on cpu) == sequential reference bitwise over {len(units)} tiny units; "
+    report(f"device path ({placement}, {'emulated graphs' if graphs else 'eager'}, on cpu) == sequential reference bitwise over {len(units)} tiny units; "
            f"{expected} bytes per unit (cache {cache_bytes} B stays put)")
 
 

@@ -1,12 +1,13 @@
 """The CPU twin of the GPU data path, in the forms the GPU runs it: bf16/fp16 builds (in-process torch stage
-modules in that dtype on the device path) against the fp32 reference session, with the bugs of that class
-planted back to show each check catches them."""
+modules in that dtype on the device path) against the fp32 reference session, emulated CUDA graphs and
+deferred streams (runtime/device_twin.py), with a bug of each class planted back to show the check
+catches it."""
 import numpy as np
 import pytest
 import torch
 
 from calibration.torch_engines import torch_device_parts, torch_parts
-from helpers import report
+from helpers import assert_same_outputs, report
 from model_src.system import build_system
 from model_src.weights import embedded_weights, load_weights
 from runtime.device_session import DeviceSession
@@ -94,11 +95,12 @@ def _plant_prev_cast_in_encode(thinker, monkeypatch) -> None:
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_device_path_matches_the_fp32_reference(tiny, fp32_reference, dtype, monkeypatch):
-    """bf16/fp16 stage modules on the device path (CPU twin) within the stated tolerances of the fp32
-    reference; in bf16, the same run with thinker_step fed y_(k-2) falls outside them."""
+    """bf16/fp16 stage modules on the device path (CPU twin, emulated CUDA graphs) within the stated
+    tolerances of the fp32 reference; in bf16, the same run with thinker_step fed y_(k-2) falls outside them."""
     parts = torch_device_parts(_trained(tiny, getattr(torch, dtype)), "cpu")
     units = fp32_reference[0][:UNITS if dtype == "bfloat16" else 3]  # fp16 matmuls are slow on a CPU
-    with DeviceSession(None, engines=parts, device="cpu", seed=SEED) as session:
+    graphs = dtype == "bfloat16"  # as bench/gpu_check.py --dry-run runs it; fp16 eager (fewer runs)
+    with DeviceSession(None, engines=parts, device="cpu", seed=SEED, graphs=graphs) as session:
         got = _compare(fp32_reference, _stream(session, units))
     report(f"device path {dtype} vs fp32 reference ({len(units)} tiny units, cpu twin): tokens {got['tokens']:.0%}, "
            f"latent cosine >= {got['min_cos']:.5f}, audio RMS error <= {got['max_rel_rms']:.1%}, "
@@ -106,10 +108,127 @@ def test_half_precision_device_path_matches_the_fp32_reference(tiny, fp32_refere
     assert _within(got), (got, TOLERANCE)
     if dtype != "bfloat16":
         return
-    with DeviceSession(None, engines=parts, device="cpu", seed=SEED) as session:
+    with DeviceSession(None, engines=parts, device="cpu", seed=SEED, graphs=False) as session:  # planted eagerly
         _plant_prev_cast_in_encode(session.thinker, monkeypatch)
         planted = _compare(fp32_reference, _stream(session, units[:4]))
     report(f"  thinker_step fed y_(k-2): tokens {planted['tokens']:.0%}, cosine >= {planted['min_cos']:.2f}, "
            f"RMS error {planted['max_rel_rms']:.0%}: caught")
     assert not _within(planted), planted
     assert planted["min_cos"] < 0.9 and planted["max_rel_rms"] > 0.5, planted
+
+
+# --- CUDA graphs and streams on the CPU twin (runtime/device_twin.py) -----------------------------------------
+def test_twin_streams_defer_until_a_wait_and_graphs_replay_only_tensor_work():
+    """The twin's rules on bare tensors: a side stream's write is not there before a wait or sync orders
+    it; a replay re-runs the captured tensor ops on the same tensors (new inputs, new outputs) but not the
+    Python around them (a counter stays at its capture value); a host read during capture raises."""
+    from runtime.device import Device
+    from runtime.device_twin import CaptureError
+
+    d = Device("cpu")
+    side, main = d.stream(), d.stream(high_priority=True)
+    x, y = d.empty((4,), torch.float32), d.empty((4,), torch.float32)
+    written = d.event()
+    with d.use(side):
+        x.fill_(3.0)
+        d.record(written, side)
+    assert side.pending() == 1 and float(x.sum()) == 0.0  # issued, not run: the host sees the old value
+    with d.use(main):
+        y.copy_(x)  # no wait: reads x before the side stream's write
+    main.synchronize()
+    assert float(y.sum()) == 0.0
+    with d.use(main):
+        d.wait(main, written)
+        y.copy_(x)
+    main.synchronize()
+    assert y.tolist() == [3.0] * 4
+
+    calls = []
+
+    def phase() -> None:
+        calls.append(1)  # host-side work: runs at warm-up and capture only
+        torch.add(x * 2, float(len(calls)), out=y)
+
+    replay = d.capture(phase, main)
+    assert len(calls) == 2 and y.tolist() == [3.0 * 2 + 1] * 4  # the capture ran no kernel: the warm-up's y
+    x.fill_(1.0)
+    replay()
+    assert len(calls) == 2 and y.tolist() == [2.0 + 2.0] * 4  # new x, the counter frozen at capture (2)
+    x.fill_(5.0)
+    with d.use(main):
+        replay()
+    assert y.tolist() == [4.0] * 4  # deferred to its stream
+    main.synchronize()
+    assert y.tolist() == [12.0] * 4
+    with pytest.raises(CaptureError, match="read by the host during CUDA graph capture"):
+        d.capture(lambda: y.add_(x.sum().item()), main)
+
+
+def _ort_units(spec, n):
+    return list(split_units(*synthetic_input(spec, n, 0), spec, n))
+
+
+def _ort_stream(session, units):
+    text = lambda k: np.full(session.spec.text_in_tokens, k % 5 + 1)  # noqa: E731
+    return [session.step(a, f, text_in=text(k)) for k, (a, f) in enumerate(units)], session.flush()
+
+
+@pytest.fixture(scope="module")
+def ort_reference(tiny_ort_engines):
+    with EngineSession(tiny_ort_engines, seed=SEED, threads=1, mode="sequential") as session:
+        units = _ort_units(session.spec, 5)
+        return units, *_ort_stream(session, units)
+
+
+def _same(want, got) -> bool:
+    try:
+        assert_same_outputs(want[0], got[0], want[1], got[1])
+    except AssertionError:
+        return False
+    return True
+
+
+def test_host_side_work_inside_a_captured_phase_is_caught_by_the_emulated_graph(tiny_ort_engines, ort_reference,
+                                                                                  monkeypatch):
+    """The cache append planted with the unit index counted on the host (a Python int made a tensor inside
+    the think phase): eager, it is right (bitwise the reference); captured, the replay keeps the capture's
+    value for every unit, as a CUDA graph would, and the outputs differ."""
+    from runtime.device_state import DeviceKVCache
+
+    append, reset = DeviceKVCache.append, DeviceKVCache.reset
+
+    def host_counted_append(self, unit, k_delta, v_delta):
+        self.host_unit = getattr(self, "host_unit", -1) + 1
+        append(self, torch.tensor([self.host_unit] * self.rows), k_delta, v_delta)
+
+    def host_reset(self):
+        reset(self)
+        self.host_unit = -1
+
+    monkeypatch.setattr(DeviceKVCache, "append", host_counted_append)
+    monkeypatch.setattr(DeviceKVCache, "reset", host_reset)
+    units, want, want_last = ort_reference
+    runs = {}
+    for graphs in (False, True):
+        with DeviceSession(tiny_ort_engines, device="cpu", seed=SEED, threads=1, graphs=graphs) as session:
+            runs[graphs] = _ort_stream(session, units)
+    assert _same((want, want_last), runs[False])  # the planted append is right when it runs every unit
+    assert not _same((want, want_last), runs[True])  # frozen at its capture value by the emulated graph
+    report("host-side unit counter inside the captured think phase: eager == reference, emulated graph differs: caught")
+
+
+def test_a_missing_stream_wait_reads_stale_latents_on_the_twin(tiny_ort_engines, ort_reference, monkeypatch):
+    """The thinker's wait for the performer's event removed: its copy of y_(k-1) runs before the solve it
+    needs (the performer's stream is deferred until something orders it) and the outputs differ."""
+    from runtime.device import Device
+
+    units, want, want_last = ort_reference
+    wait = Device.wait
+    with DeviceSession(tiny_ort_engines, device="cpu", seed=SEED, threads=1, graphs=True) as session:
+        assert _same((want, want_last), _ort_stream(session, units))
+    with DeviceSession(tiny_ort_engines, device="cpu", seed=SEED, threads=1, graphs=True) as session:
+        done = session.performer.done
+        monkeypatch.setattr(Device, "wait", staticmethod(lambda s, e: None if e is done else wait(s, e)))
+        got = _ort_stream(session, units)
+    assert not _same((want, want_last), got)
+    report("thinker's wait for y_(k-1) removed: stale latents read on the CPU twin: caught")

@@ -139,7 +139,7 @@ def session(ctx: Context) -> dict:
 
 def _time_call(call, stream, repeats: int = 20) -> float:
     """Median ms of `call` on `stream` (CUDA events; on a CPU, wall time)."""
-    if stream is None:
+    if not isinstance(stream, torch.cuda.Stream):  # a CPU (its twin streams: wall time)
         times = []
         for _ in range(max(3, repeats // 4)):
             t0 = time.perf_counter()

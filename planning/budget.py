@@ -282,6 +282,8 @@ def _timeline(plan: Plan) -> None:
         host = sum(GRAPHS_PER_UNIT.values()) * f["graph_launch_us"].value / 1e3
     else:
         host = plan.launches_per_unit * f["launch_us"].value / 1e3
+    append = 1e3 * 2 * t["d2d"] / hbm  # the delta appended into the ring (read + write) and y_k handed over
+    work["thinker"] += append
     if plan.placement == "two-gpu":  # each GPU does its worker's share; the slower one sets the pace
         plan.worker_ms = work
         plan.resources_ms = {"thinker GPU": work["thinker"], "performer GPU": work["performer"],
@@ -291,7 +293,7 @@ def _timeline(plan: Plan) -> None:
         plan.resources_ms = {"GPU": plan.worker_ms["gpu"], "PCIe": 1e3 * (t["h2d"] + t["d2h"]) / host_bw}
     plan.resources_ms["host launches"] = host
     plan.unit_ms = max(plan.resources_ms.values())
-    handover = 1e3 * 2 * t["d2d"] / hbm + 1e3 * t.get("peer", 0) / peer_bw  # append read + write; peer copy
+    handover = append + 1e3 * t.get("peer", 0) / peer_bw  # on the device; and over the GPU-GPU link
     plan.latency_parts_ms = {
         "input h2d": 1e3 * t["h2d"] / host_bw, "encode": by["audio_enc"].per_unit_ms + by["video_enc"].per_unit_ms,
         "thinker_step": by["thinker_step"].per_unit_ms, "KV delta hand-over": handover,

@@ -17,6 +17,7 @@ import functools
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from torch.utils._pytree import tree_flatten
 
 import model_src.backbone as backbone_module
@@ -28,6 +29,7 @@ from .ops import Kernel, Recorder, fuse
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}
 ELEMENT = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}  # bytes per weight / cache element of the build
 TRANSFORMER = ("thinker_step", "flow_step")
+REPLICATE_LAYERS = True  # record decoder layer 0 of each pass and replay it for the others (same kernels)
 
 
 @dataclass
@@ -112,7 +114,7 @@ def _count_stages(p: Preset, precision: str) -> list[StageCost]:
         transformer = name in TRANSFORMER
         rec = Recorder(weights)
         rec.part = "embed + glue" if transformer else "codec"
-        with _labelled(system.model.backbone, rec, scale), torch.no_grad(), rec:
+        with _labelled(system.model.backbone, rec, scale, REPLICATE_LAYERS), torch.no_grad(), rec:
             out = fn(*args)
         kernels = fuse(rec.ops, [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)], weights,
                        scale if transformer else 1.0, 1.0)
@@ -131,8 +133,8 @@ class _labelled:
     """While counting: label the passes of `run_layers` and the LM head, and make each `attend` call one
     fused attention kernel (cache bytes at `cache_scale` of the meta run's element size)."""
 
-    def __init__(self, bb, rec: Recorder, cache_scale: float) -> None:
-        self.bb, self.rec, self.cache_scale, self.handles = bb, rec, cache_scale, []
+    def __init__(self, bb, rec: Recorder, cache_scale: float, replicate: bool = True) -> None:
+        self.bb, self.rec, self.cache_scale, self.handles, self.replicate = bb, rec, cache_scale, [], replicate
 
     def __enter__(self):
         bb, rec, original_attend, original_run = self.bb, self.rec, backbone_module.attend, self.bb.run_layers
@@ -148,10 +150,15 @@ class _labelled:
             passes[0] += 1
             n = x.shape[1]
             before, rec.part = rec.part, f"pass {passes[0]} ({n} token{'' if n == 1 else 's'})"
+            layers = bb.layers
+            if self.replicate and len(layers) > 1:  # the layers are alike: record one, replay the rest
+                template = _FirstLayer(layers[0], rec)
+                bb._modules["layers"] = nn.ModuleList([template] + [_Replica(template, rec) for _ in layers[1:]])
             try:
                 return original_run(x, cos, sin, ctx)
             finally:
                 rec.part = before
+                bb._modules["layers"] = layers
 
         def head_in(module, args):
             rec.lm_head, self._part, rec.part = True, rec.part, "LM head"
@@ -169,3 +176,36 @@ class _labelled:
         del self.bb.run_layers  # the instance attribute; the class's method is back
         for h in self.handles:
             h.remove()
+
+
+class _FirstLayer(nn.Module):
+    """Runs decoder layer 0 under the recorder and remembers which ops it made, from which tensors."""
+
+    def __init__(self, layer: nn.Module, rec: Recorder) -> None:
+        super().__init__()
+        self.layer, self.rec = layer, rec
+
+    def forward(self, x, cos, sin, ctx):
+        self.start = len(self.rec.ops)
+        out = self.layer(x, cos, sin, ctx)
+        self.end = len(self.rec.ops)
+        self.inputs = [self.rec.root(x)]
+        self.out = out
+        self.outputs = [self.rec.root(t) for t in out]
+        return out
+
+
+class _Replica(nn.Module):
+    """Decoder layer i > 0: the same shapes as layer 0 (its cache slice, its weights), so its kernels are
+    layer 0's, replayed on this layer's input; its outputs are fresh tensors of layer 0's shapes."""
+
+    def __init__(self, template: _FirstLayer, rec: Recorder) -> None:
+        super().__init__()
+        self.template, self.rec = template, rec
+
+    def forward(self, x, cos, sin, ctx):
+        t = self.template
+        out = tuple(torch.empty_like(o) for o in t.out)
+        self.rec.keep.extend(out)
+        self.rec.replay(t.start, t.end, t.inputs, t.outputs, [self.rec.root(x)], [self.rec.root(o) for o in out])
+        return out

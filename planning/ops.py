@@ -12,6 +12,7 @@ Triton kernel's partial and combine programs).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ from torch.utils.flop_counter import flop_registry
 _FREE = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach", "lift_fresh",
          "alias", "_local_scalar_dense", "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "size",
          "stride", "dim", "is_contiguous"}
+_ALIASES = {"detach", "lift_fresh", "alias"}  # free ops whose output is their input
 _FACTORY = {"new_zeros", "new_ones", "new_full", "zeros_like", "ones_like", "full_like", "zeros", "ones", "full",
             "arange", "scalar_tensor", "fill"}  # write their output, read nothing
 _GATHER = {"embedding", "index_select", "gather", "index"}  # read only the rows they return
@@ -71,6 +73,7 @@ class Recorder(TorchDispatchMode):
         self.roots: dict[int, int] = {}  # tensor id -> id of the tensor it views
         self.keep: list[torch.Tensor] = []  # holds every tensor seen, so ids are never reused
         self._attention_start = 0
+        self._fresh = -(1 << 62)  # keys of replayed tensors (below every id and gather key)
 
     def root(self, t: torch.Tensor) -> int:
         k = id(t)
@@ -88,10 +91,9 @@ class Recorder(TorchDispatchMode):
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
         self.keep.extend(ins + outs)
         if func.is_view or name in _FREE:
-            base = self.root(ins[0]) if ins else None
-            for t in outs:
-                if base is not None:
-                    self.roots[id(t)] = base
+            if ins and (func.is_view or name in _ALIASES):
+                for t in outs:
+                    self.roots[id(t)] = self.root(ins[0])
             return
         packet = func.overloadpacket
         gemm = packet in flop_registry
@@ -106,6 +108,23 @@ class Recorder(TorchDispatchMode):
         mutated = func._schema.is_mutable
         writes = [(self.root(t) if mutated else id(t), _nbytes(t)) for t in outs]
         self.ops.append(_Op(name, self.part, flops, reads, writes, gemm, self.lm_head))
+
+    def replay(self, start: int, end: int, inputs: list[int], outputs: list[int], new_inputs: list[int],
+               new_outputs: list[int]) -> None:
+        """Append a copy of ops[start:end] (one decoder layer) as if run again on `new_inputs` giving
+        `new_outputs` (root keys, paired with `inputs`/`outputs`); what the copy makes gets fresh keys."""
+        mapping = dict(zip(inputs, new_inputs)) | dict(zip(outputs, new_outputs))
+        for o in self.ops[start:end]:
+            for key, _ in (o.writes if isinstance(o, _Op) else ()):
+                if key not in mapping:
+                    self._fresh -= 1
+                    mapping[key] = self._fresh
+        for o in self.ops[start:end]:
+            if isinstance(o, _Op):
+                self.ops.append(dataclasses.replace(o, reads=[(mapping.get(k, k), nb) for k, nb in o.reads],
+                                                    writes=[(mapping.get(k, k), nb) for k, nb in o.writes]))
+            else:
+                self.ops.append(dataclasses.replace(o, reads=tuple(mapping.get(k, k) for k in o.reads)))
 
     def start_attention(self) -> None:
         """Mark the start of one attention call (its ops become one kernel at `end_attention`)."""

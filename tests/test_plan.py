@@ -146,6 +146,28 @@ def test_a_fused_elementwise_chain_reads_once_and_writes_what_is_read_later():
     assert second.bytes == f32 * (10 * 128 + 128 * 32 + 10 * 32)
 
 
+def _kernel_list(costs) -> list:
+    return [(c.name, c.flops, c.bytes, c.weight_bytes, c.cache_bytes, c.largest_activation,
+             [(k.part, k.kind, k.flops, k.bytes, k.weight_bytes, k.cache_bytes, k.launches) for k in c.kernels])
+            for c in costs]
+
+
+def test_replayed_layers_count_what_running_every_layer_counts(monkeypatch):
+    """Recording decoder layer 0 and replaying it for the others gives exactly the kernels of running every
+    layer (tiny: 2 layers); a replay that forgets to rewire the copied layer's input and output is caught."""
+    import planning.count as count
+    import planning.ops as ops
+
+    p = get_preset("tiny")
+    replayed = _kernel_list(count._count_stages.__wrapped__(p, "bf16"))
+    monkeypatch.setattr(count, "REPLICATE_LAYERS", False)
+    assert replayed == _kernel_list(count._count_stages.__wrapped__(p, "bf16"))
+    monkeypatch.setattr(count, "REPLICATE_LAYERS", True)
+    replay = ops.Recorder.replay
+    monkeypatch.setattr(ops.Recorder, "replay", lambda self, s, e, i, o, ni, no: replay(self, s, e, i, o, i, o))
+    assert replayed != _kernel_list(count._count_stages.__wrapped__(p, "bf16"))
+
+
 def test_launch_cost_only_without_graphs():
     """launch_us moves the plan without graphs only; graph_launch_us with graphs only."""
     from planning.budget import make_plan

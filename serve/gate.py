@@ -9,6 +9,7 @@ take from users, before any of it reaches a replica's request queue:
 - the hello read here, within `hello_timeout_s`: a socket reaches a replica only once it has said hello.
   Sockets waiting for their hello are capped (in all, and per client address); a new one past a cap
   pushes out the oldest waiting one, so a flood cannot keep a real client (who says hello at once) out;
+  new sockets per address are rate limited (a storm of reconnects is refused before the handshake);
 - sessions per client address capped, and `server_full` sent at once when every slot of every replica
   is taken (nothing queues);
 - /health and /metrics answered here from the board, never behind a replica's sessions;
@@ -43,6 +44,7 @@ class GatePolicy:
     max_pending: int = 64  # sockets waiting for their hello, in all
     max_pending_per_address: int = 8
     max_sessions_per_address: int = 16
+    connects_per_address: tuple[int, float] = (16, 8.0)  # new sockets per address: a burst, then per second
     allow_origins: tuple[str, ...] = ()  # "*" admits any
 
 
@@ -75,6 +77,7 @@ class Gate:
         self.refused: collections.Counter = collections.Counter()
         self.stopping = False
         self._ids = 0
+        self._buckets: dict[str, list[float]] = {}  # address -> [tokens, last time]
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "websocket":
@@ -151,6 +154,10 @@ class Gate:
         address = (scope.get("client") or ("?", 0))[0]
         if (await receive())["type"] != "websocket.connect":
             return
+        if not self._may_connect(address):  # a storm of reconnects from one address: refused before accept
+            self.refused["connect_rate"] += 1
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if self.stopping:
             await send({"type": "websocket.accept"})
             return await self._refuse(send, "stopping", ProtocolError("shutting_down", "the server is stopping"))
@@ -184,6 +191,20 @@ class Gate:
             self.by_address[address] -= 1
             if self.by_address[address] <= 0:
                 del self.by_address[address]
+
+    def _may_connect(self, address: str) -> bool:
+        """A token bucket of new sockets per client address (connects_per_address)."""
+        burst, per_s = self.policy.connects_per_address
+        now = time.monotonic()
+        if len(self._buckets) > 10_000:  # forget the addresses whose bucket is full again
+            self._buckets = {a: b for a, b in self._buckets.items() if b[0] + (now - b[1]) * per_s < burst}
+        tokens, at = self._buckets.get(address, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - at) * per_s)
+        if tokens < 1.0:
+            self._buckets[address] = [tokens, now]
+            return False
+        self._buckets[address] = [tokens - 1.0, now]
+        return True
 
     def _make_room(self, address: str) -> None:
         """Past a cap on waiting sockets (per address, then in all), push out the oldest waiting one."""

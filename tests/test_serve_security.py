@@ -146,13 +146,17 @@ async def _end(ws) -> dict:
     return msg
 
 
+IDLE = 96  # 12 per address: past the gate's 8 waiting per address and 64 in all, so some are pushed out
+
+
 def test_a_flood_of_idle_sockets_locks_out_neither_a_client_nor_health(server):
     from websockets.asyncio.client import connect
 
     from helpers import report
 
     async def scenario():
-        idle = await asyncio.gather(*[connect(server.ws + "/v1/session", open_timeout=20) for _ in range(60)])
+        idle = await asyncio.gather(*[connect(server.ws + "/v1/session", open_timeout=20,  # from 8 other hosts
+                                              local_addr=(f"127.0.0.{2 + i % 8}", 0)) for i in range(IDLE)])
         t0 = time.perf_counter()
         health = await asyncio.to_thread(_get, server.http + "/health")
         t_health = time.perf_counter() - t0
@@ -171,12 +175,12 @@ def test_a_flood_of_idle_sockets_locks_out_neither_a_client_nor_health(server):
         return health, t_health, ready, t_ready, bye, closed
 
     health, t_health, ready, t_ready, bye, closed = asyncio.run(scenario())
-    report(f"serve flood: 60 idle sockets; /health in {t_health * 1000:.0f} ms, a session ready in "
+    report(f"serve flood: {IDLE} idle sockets from 8 addresses; /health in {t_health * 1000:.0f} ms, a session ready in "
            f"{t_ready * 1000:.0f} ms; {closed} idle sockets refused bad_hello")
     assert health[0] == 200 and health[1]["ok"], health
     assert ready["type"] == "ready", ready
     assert bye["type"] == "bye"
-    assert closed == 60
+    assert closed == IDLE
     assert t_health < 3.0 and t_ready < 3.0  # liveness bounds (the bug: 503 / HTTP 500, or 4 s with 13 sockets)
 
 
@@ -346,3 +350,12 @@ def test_origin_allowed():
     assert origin_allowed("http://a.example", "h:1", ("http://a.example/",))
     assert origin_allowed("http://evil:1", "h:1", ("*",))
 
+
+
+def test_the_gate_rate_limits_new_sockets_per_address():
+    from serve.gate import Gate, GatePolicy
+
+    gate = Gate("http://127.0.0.1:1", lambda: None, GatePolicy(capacity=1, max_message_bytes=1024,
+                                                                connects_per_address=(3, 0.5)))
+    assert [gate._may_connect("10.0.0.1") for _ in range(5)] == [True, True, True, False, False]
+    assert gate._may_connect("10.0.0.2")  # another address has its own bucket

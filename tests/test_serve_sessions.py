@@ -308,3 +308,53 @@ def test_pings_hold_no_slot_an_end_is_never_rate_limited_and_a_client_not_readin
     assert (sent, code) == (["ready", "pong", "pong", "rate_limited", "bye"], [1000])
     hub, sent, code = _converse([ping] * 20, stuck=True, max_unacked_units=4, burst_messages=99)  # > 4 + 8 unsent
     assert (sent, code, hub.sessions, hub.metrics.errors["slow_client"]) == (["ready"], [1008], {}, 1)
+
+
+# ---- bounded JSON and Ray's token ------------------------------------------------------------------
+
+def test_deep_json_is_a_typed_error_in_every_parser(monkeypatch):
+    import serve.protocol as protocol
+
+    deep = "[" * 2000 + "]" * 2000  # within 4 KB, past json's recursion limit
+    for parse, code in ((protocol.parse_text, "bad_message"), (parse_hello, "bad_hello")):
+        with pytest.raises(ProtocolError) as e:
+            parse(deep)
+        assert e.value.code == code and "nested" in str(e.value)
+    body = ('{"unit":3,"x":' + "[" * 1900 + "]" * 1900 + "}").encode()
+    body += b" " * (-(8 + len(body)) % 4)
+    assert _code(struct.pack("<2sBcI", b"AV", 1, b"U", len(body)) + body) == ("bad_message", None)
+    assert protocol.parse_text('{"type": "ping", "t": [[[1]]]}')["type"] == "ping"  # shallow nesting is fine
+    # without the depth scan the decoder's own RecursionError / MemoryError are still the typed refusal
+    monkeypatch.setattr(protocol, "nesting_depth", lambda text, stop_above=None: 0)
+    with pytest.raises(ProtocolError) as e:
+        protocol.parse_text("[" * 100_000)
+    assert e.value.code == "too_large"
+    with pytest.raises(ProtocolError) as e:
+        protocol.parse_text(deep)
+    assert e.value.code == "bad_message" and "RecursionError" in str(e.value)
+
+
+def test_the_ray_token_file_is_made_private_and_reachable_clusters_need_it(tmp_path, monkeypatch):
+    import os
+
+    from serve.raynet import require_token
+
+    path = tmp_path / "ray" / "auth_token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(path))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    with pytest.raises(ValueError, match="expected a token"):  # joining: the cluster's token must be there
+        require_token(reachable=True, create=False)
+    assert "created" in require_token(reachable=True) and os.stat(path).st_mode & 0o777 == 0o600
+    assert len(path.read_text()) == 64 and os.stat(path.parent).st_mode & 0o077 == 0
+    os.chmod(path, 0o644)  # the bug: a token readable by every user of the machine
+    assert "tightened" in require_token(reachable=False) and os.stat(path).st_mode & 0o777 == 0o600
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere")  # never followed
+    with pytest.raises(ValueError, match="symlink"):
+        require_token(reachable=False)
+    assert not (tmp_path / "elsewhere").exists()
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with pytest.raises(ValueError, match="RAY_AUTH_MODE=token"):
+        require_token(reachable=True)
+    assert "disabled" in require_token(reachable=False)  # a local instance may opt out: loopback only

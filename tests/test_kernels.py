@@ -42,7 +42,7 @@ def test_batch_rows_with_different_lengths_and_gpu_tiles():
     """Two sessions at different cache lengths; the GPU tile sizes, so many splits and tiles are combined."""
     args = _inputs(2, 8, 2, 7, 64, [0, 950], 1000, 7)
     want = block_attention_reference(*args, causal_tail=2)
-    for tiles in [None, (16, 16, 264), (64, 32, 264)]:
+    for tiles in [None, (16, 16, 264), (64, 32, 264), (64, 64, 264, 8, 3)]:  # the last: kernels/tiling.py's
         got = block_attention_triton(*args, causal_tail=2, tiles=tiles)
         assert (got - want).abs().max() < 2e-5, tiles
 

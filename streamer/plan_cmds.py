@@ -57,6 +57,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     p = get_preset(args.preset)
     if args.batch is not None and args.batch < 1:
         raise ValueError(f"--batch {args.batch}: expected at least 1 session per call")
+    if args.sessions is not None and args.sessions < 1:
+        raise ValueError(f"--sessions {args.sessions}: expected at least 1")
     plan = make_plan(p, args.gpu, args.precision, args.placement, graphs=graphs, batch=args.batch or 1,
                      measured=measured)
     _print_plan(plan)

@@ -54,6 +54,10 @@ def test_plan_verdicts_and_refusals(tmp_path, capsys):
     assert known_gpu("h100") and not known_gpu("h999") and not known_gpu("measured")
     assert main(["plan", "--preset", "tiny", "--gpu", "a100", "--precision", "fp8"]) == 2
     assert "no FP8 tensor cores" in "".join(capsys.readouterr())
+    for bad, says in ((["--batch", "0"], "expected at least 1 session per call"),
+                      (["--sessions", "0"], "expected at least 1"), (["--precision", "fp4"], "expected fp32, bf16")):
+        assert main(["plan", "--preset", "tiny", *bad]) == 2
+        assert says in "".join(capsys.readouterr())
 
 
 def test_the_plans_bus_formula_is_the_ledgers(tiny_ort_engines):

@@ -25,6 +25,11 @@ PHASES = ("encode", "think", "handover", "flow", "decode")
 P99_SAMPLES = 200  # fewer timed units: no p99, the max instead (said in the JSON and the markdown)
 
 
+def prime_units(p, requested: int | None) -> int:
+    """Units streamed before timing: `requested`, or sink + window (the ring full: 16 at tiny, 128 at base)."""
+    return p.sink_units + p.window_units if requested is None else requested
+
+
 def summary(ms: list[float]) -> dict:
     """p50 / p90 / p99 / max / mean of `ms`; with fewer than P99_SAMPLES values p99 is None and `p99_note`
     says the max stands in for it."""
@@ -154,7 +159,7 @@ def headline(ctx: Context) -> dict:
     p = system.preset
     attention = system.model.backbone.layers[0].self_attn.attn_impl
     cuda = ctx.device.startswith("cuda")
-    prime = p.sink_units + p.window_units if ctx.prime is None else ctx.prime
+    prime = prime_units(p, ctx.prime)
     ctx.record("setup", {"preset": p.name, "precision": ctx.precision, "attention": attention, "placement": "one-gpu",
                          "device": ctx.device, "units": ctx.units, "prime_units": prime})
     parts = torch_device_parts(system, ctx.device)

@@ -36,7 +36,7 @@ def _plant(tmp_path: Path, target: str, action: str) -> dict:
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
-    run = _run(["--dry-run", "--units", "8", "--sections", "env,session", "--out", str(out)])
+    run = _run(["--dry-run", "--units", "8", "--prime", "6", "--sections", "env,session", "--out", str(out)])
     return run, json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text()
 
 
@@ -47,7 +47,8 @@ def test_dry_run_measures_the_headline(dry_run):
     assert env["status"] == "ok" and {"cuda_home", "nvcc", "gxx"} <= set(env)
     assert ses["status"] == "ok", ses.get("error")
     assert ses["setup"]["precision"] == "bf16" and ses["setup"]["preset"] == "tiny"
-    assert ses["cache_fill"]["fraction"] == 1.0 and ses["cache_fill"]["primed_units"] == 16  # tiny: 1 + 15 units
+    fill = ses["cache_fill"]  # 6 units primed (the default fills the ring: test_the_default_prime_fills_the_ring)
+    assert fill["primed_units"] == 6 and fill["tokens"] == 6 * 17 and fill["capacity"] == 16 * 17
     for key in ("step_ms", "cycle_ms", "latency_ms"):
         assert ses[key]["p50"] > 0 and ses[key]["p99"] is None and "no p99" in ses[key]["p99_note"]  # 8 < 200
     assert ses["step_ms"]["n"] == ses["latency_ms"]["n"] == 8
@@ -61,7 +62,18 @@ def test_dry_run_measures_the_headline(dry_run):
     assert "imports_refused" in ses  # the section ran behind the image's finder
     assert "Model-side latency of unit k" in md and "| model-side latency |" in md
     assert f"| step time per unit | {ses['step_ms']['p50']:.1f} |" in md
-    assert "| h2d |" in md and "100 % full" in md
+    assert "| h2d |" in md and "(38 % full) after 6 primed units" in md
+
+
+def test_the_default_prime_fills_the_ring():
+    from bench.gpu_session import prime_units
+    from model_src.config import get_preset
+
+    for name, units in (("tiny", 16), ("base", 128)):
+        p = get_preset(name)
+        assert prime_units(p, None) == units == p.sink_units + p.window_units
+        assert units * p.tokens_per_unit == p.cache_capacity  # the whole ring
+    assert prime_units(get_preset("base"), 3) == 3
 
 
 def test_a_planted_import_of_rich_fails_the_headline(tmp_path):

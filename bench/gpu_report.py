@@ -105,9 +105,12 @@ def _kernel_lines(kt: dict, env: dict) -> list[str]:
         cells = []
         for m in methods:
             v = r.get(m)
-            if isinstance(v, dict) and "ms" in v:
-                extra = f" ({100 * v['hbm_fraction']:.0f} % HBM)" if "hbm_fraction" in v else ""
+            if isinstance(v, dict) and "ms" in v:  # (bench/kernel_sections.py: TFLOP/s, % of dense bf16 peak)
+                pct = f", {v['peak_pct']:.0f} % peak" if v.get("peak_pct") is not None else ""
+                extra = f" ({v['tflops']:.0f} TFLOP/s{pct})" if "tflops" in v else ""
                 cells.append(f"{v['ms']:.3f}{extra}")
+            elif isinstance(v, dict) and "skipped" in v:
+                cells.append(v["skipped"])
             elif isinstance(v, dict):
                 cells.append("error")
             else:

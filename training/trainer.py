@@ -244,8 +244,9 @@ def stage_a(out: Path, cfg: StageConfig, world: World, resume: bool, init: Path 
             return None, torch.from_numpy(np.stack([f for _, f in made])), None, eps
 
         vae = getattr(system, f"{codec}_vae")
-        history += run_loop("a", system, CodecLoss(system, cfg.context_units, (codec,)), list(vae.parameters()), loop_cfg, out,
-                            world, batch, resume, codec, step_offset=len(history))
+        loss = CodecLoss(system, cfg.context_units, (codec,))  # only this codec: DDP sees no unused parameter
+        history += run_loop("a", system, loss, list(vae.parameters()), loop_cfg, out, world, batch, resume, codec,
+                            step_offset=len(history))
     system.eval()
     if world.main:
         sa, sv = standardize_latents(system, p, TRAIN_SEED_BASE + np.arange(32))

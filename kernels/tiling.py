@@ -32,7 +32,9 @@ GPU_TILES = {
     (7, 128, False): Tiles(64, 64, 8, 3),  # large (28 / 4 heads)
     (7, 128, True): Tiles(128, 64, 4, 4),
 }
-DEFAULT_TILES = Tiles(64, 64, 4, 2)  # other shapes (the small presets' head dims): no spills at D <= 128
+# other shapes (the small presets' head dims, other GQA groups): at D = 128, group 2 this is 168 registers,
+# no spill, 80 KiB, 2 programs per SM (bench/kernel_tiles.py --sweep); smaller head dims need less
+DEFAULT_TILES = Tiles(64, 64, 4, 2)
 
 
 @dataclass(frozen=True)

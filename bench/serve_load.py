@@ -11,6 +11,11 @@ replicas' resident memory.
     python bench/serve_load.py --engines /tmp/load/b16 --clients 4,8,12,16 --seconds 20
     python bench/serve_load.py --engines /tmp/load/b8 --replicas 2 --faults --clients 6 --seconds 24
 
+`--flood IDLE` runs one round of N real clients while IDLE sockets (at most 1000) connect and never
+say hello, each reopened as soon as the server closes it, and /health is polled every 0.25 s:
+
+    python bench/serve_load.py --engines /tmp/load/b4 --clients 2 --flood 200 --seconds 20
+
 `--faults` runs one round of N clients in which one client vanishes mid-stream (its socket aborted,
 no "end") and reconnects as a new session, and one replica is killed (ray.kill) while sessions run on
 both: it reports what the other sessions saw around each event, whether Serve brought the replica
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import platform
 import sys
@@ -135,6 +141,74 @@ async def load_round(url: str, spec, n: int, seconds: float) -> list[Run]:
     return list(await asyncio.gather(*[one_session(url, f"c{i}", clips[i], i * stagger, seed=i) for i in range(n)]))
 
 
+MAX_FLOOD = 1000  # idle sockets a flood round may hold open at once
+FLOOD_ADDRESSES = 8  # the flood comes from 127.0.0.2-9 (other hosts, as far as the server can tell)
+
+
+async def _idlers(url: str, idle: int, seconds: float) -> tuple[int, int]:
+    """`idle` sockets from 127.0.0.2-9 that connect and never say hello, each reopened when the server
+    closes it (after a refusal, a second later), for `seconds` -> (opened, refused)."""
+    from websockets.asyncio.client import connect
+
+    opened, refused, deadline = [0], [0], time.monotonic() + seconds
+
+    async def idler(i: int) -> None:
+        source = (f"127.0.0.{2 + i % FLOOD_ADDRESSES}", 0)  # the flood's own addresses; real clients: 127.0.0.1
+        while time.monotonic() < deadline:
+            try:
+                async with connect(url + "/v1/session", open_timeout=10, ping_interval=None, local_addr=source) as ws:
+                    opened[0] += 1
+                    with contextlib.suppress(Exception):  # held until the server pushes it out
+                        await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
+            except Exception:  # refused (too many new sockets from this address): try again in a second
+                refused[0] += 1
+                await asyncio.sleep(1.0)
+
+    await asyncio.gather(*[idler(i) for i in range(idle)], return_exceptions=True)
+    return opened[0], refused[0]
+
+
+def flood_child(url: str, idle: int, seconds: float, conn) -> None:
+    """The flood in a process of its own (not sharing this one's CPU time and GIL with the real clients)."""
+    conn.send(asyncio.run(_idlers(url, idle, seconds)))
+
+
+async def flood_round(base: str, url: str, spec, n: int, idle: int, seconds: float) -> dict:
+    """N real clients (from 127.0.0.1) for `seconds` while `idle` sockets (from 8 other loopback
+    addresses, in a child process) connect and never say hello, each one the server closes opened again
+    as an attacker would, and /health is polled every 0.25 s: what the real clients held, how fast
+    /health answered, how many idle sockets were opened and refused in all."""
+    import multiprocessing
+
+    idle = min(idle, MAX_FLOOD)
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    child = ctx.Process(target=flood_child, args=(url, idle, seconds + 4.0, theirs), daemon=True)
+    child.start()
+    stop, health_ms, health_bad = asyncio.Event(), [], [0]
+
+    async def poll_health() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            try:
+                await asyncio.to_thread(http_json, base + "/health")
+            except Exception:
+                health_bad[0] += 1
+            health_ms.append((time.perf_counter() - t) * 1000)
+            await asyncio.sleep(0.25)
+
+    await asyncio.sleep(3.0)  # the flood is up before the real clients come
+    poller = asyncio.create_task(poll_health())
+    runs = await asyncio.wait_for(load_round(url, spec, n, seconds), seconds + 60)
+    stop.set()
+    await poller
+    opened, refused = await asyncio.to_thread(lambda: ours.recv() if ours.poll(30) else (-1, -1))
+    child.join(10)
+    return {"idle": idle, "idle_opened": opened, "idle_refused": refused, "runs": runs,
+            "health_ms": {"p50": q(health_ms, 0.5), "p99": q(health_ms, 0.99), "max": max(health_ms or [float("nan")])},
+            "health_failed": health_bad[0], "health_polls": len(health_ms)}
+
+
 def row(label: str, n: int, s: dict, rss_mib: float) -> str:
     late = 100.0 * s["late_units"] / max(1, s["units"])
     return (f"| {label} | {n} | {s['held']}/{s['sessions']} | {s['units']} | {s['late_units']} ({late:.1f}%) | {s['missing']} "
@@ -239,6 +313,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1, help="CPU threads per replica's engines (default 1)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--faults", action="store_true", help="the disconnect / reconnect / killed-replica round instead")
+    p.add_argument("--flood", type=int, default=0, metavar="IDLE",
+                   help=f"a flood round instead: IDLE idle sockets (at most {MAX_FLOOD}) that never say hello, "
+                        f"reopened when closed, beside N real clients (the first of --clients)")
     p.add_argument("--json", type=Path, default=None, help="write every number here")
     args = p.parse_args()
 
@@ -262,7 +339,18 @@ def main() -> int:
         spec = argparse.Namespace(**info["spec"])
         print(f"# {label}: {args.replicas} replica(s) x {slots} slots, up in {time.perf_counter() - t:.0f} s; "
               f"{out['machine']}; clients in this process", flush=True)
-        if args.faults:
+        if args.flood:
+            f = asyncio.run(flood_round(base, url, spec, ns[0], args.flood, args.seconds))
+            s = summarize(f.pop("runs"), spec.unit_ms)
+            out["flood"] = {**f, **s}
+            print("| engines | idle sockets (opened / refused in all) | clients | held real time | late units | missing "
+                  "| latency p50 / p99 ms | /health p50 / p99 / max ms (failed) |\n| --- | ---: | ---: | ---: | ---: "
+                  "| ---: | ---: | ---: |")
+            h = f["health_ms"]
+            print(f"| {label} | {f['idle']} ({f['idle_opened']} / {f['idle_refused']}) | {ns[0]} | {s['held']}/{s['sessions']} "
+                  f"| {s['late_units']} | {s['missing']} | {s['latency_ms']['p50']:.0f} / {s['latency_ms']['p99']:.0f} "
+                  f"| {h['p50']:.0f} / {h['p99']:.0f} / {h['max']:.0f} ({f['health_failed']} of {f['health_polls']}) |")
+        elif args.faults:
             report = asyncio.run(fault_round(base, url, spec, ns[0], args.seconds))
             print(json.dumps(report, indent=1))
             out["faults"] = report

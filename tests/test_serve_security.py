@@ -359,3 +359,14 @@ def test_the_gate_rate_limits_new_sockets_per_address():
                                                                 connects_per_address=(3, 0.5)))
     assert [gate._may_connect("10.0.0.1") for _ in range(5)] == [True, True, True, False, False]
     assert gate._may_connect("10.0.0.2")  # another address has its own bucket
+
+
+def test_a_reachable_cluster_without_token_auth_is_refused_before_ray_starts(tiny_batch_engines, monkeypatch, capsys):
+    from streamer.cli import main
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert main(["serve", "--engines", str(tiny_batch_engines), "--listen", "192.0.2.1", "--port", "0"]) == 2
+    assert "RAY_AUTH_MODE=token" in capsys.readouterr().err
+    assert main(["serve", "--engines", str(tiny_batch_engines), "--listen", "192.0.2.1", "--address", "auto",
+                 "--port", "0"]) == 2
+    assert "expected one of them" in capsys.readouterr().err

@@ -102,8 +102,10 @@ def save(folder: Path, results: dict) -> None:
 
 
 def _plain(x):
-    item = getattr(x, "item", None)  # numpy / torch scalars
-    return item() if callable(item) else str(x)
+    try:
+        return x.item()  # numpy / torch scalars
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        return str(x)
 
 
 # --- a section's process ----------------------------------------------------------------------------------

@@ -3,10 +3,7 @@ timed-out one with its error), the headline measured beside the plan with the de
 Standard library only (the parent process of bench/gpu_check.py does not import torch)."""
 from __future__ import annotations
 
-LATENCY_DEFINITION = (
-    "Model-side latency of unit k: from the moment unit k's input is complete on the host (step(k) called) "
-    "to the moment the decoded audio and frames of y_k are on the host: encode(u_k) + thinker_step(k) + KV "
-    "delta hand-over + flow solve(k) + decode(y_k), the critical path of one unit (the plan's definition). "
+MEASURED_AS = (
     "Measured as the sum of the five phases' times, each from time stamps at its start and end (CUDA events "
     "on the phase's stream; on the CPU twin a marker its deferred stream runs). Hand-over: the performer's "
     "stream from taking unit k up to the solve's start (seed noise and unit index in; one-gpu shares the "
@@ -41,8 +38,17 @@ def _status_lines(sections: dict) -> list[str]:
     return lines + [""]
 
 
-def _plan_phase(stages: dict, phase: str) -> float | None:
-    names = PHASE_STAGES[phase]
+# the plan's latency parts behind each measured phase (a phase's stamps hold its copies in or out too)
+PHASE_PARTS = {"encode": ("input h2d", "encode"), "think": ("thinker_step",), "handover": ("KV delta hand-over",),
+               "flow": ("flow solve",), "decode": ("decode", "output d2h")}
+
+
+def _plan_phase(plan: dict, phase: str) -> float | None:
+    """The plan's milliseconds for a measured phase: its latency parts, else its stages' per-unit sum."""
+    parts, stages = plan.get("latency_parts_ms", {}), plan.get("stages", {})
+    if parts and phase in PHASE_PARTS and all(n in parts for n in PHASE_PARTS[phase]):
+        return sum(parts[n] for n in PHASE_PARTS[phase])
+    names = PHASE_STAGES.get(phase, ())
     if not names or not all(n in stages for n in names):
         return None
     return sum(stages[n].get("ms_per_unit", float("nan")) for n in names)
@@ -52,10 +58,10 @@ def headline_lines(ses: dict) -> list[str]:
     """The headline's table: measured beside planned, with the definitions."""
     setup, plan = ses.get("setup", {}), ses.get("plan", {})
     fill = ses.get("cache_fill", {})
-    stages = plan.get("stages", {})
     lines = [f"#### Headline: {setup.get('preset')} {setup.get('precision')}, attention {setup.get('attention')}, "
              f"{setup.get('placement')}, CUDA graphs {ses.get('cuda_graphs')}, on {setup.get('device')}", "",
-             LATENCY_DEFINITION, "",
+             f"Definition (planning.budget.LATENCY_DEFINITION, the plan's): {ses.get('latency_definition', '-')}. "
+             + MEASURED_AS, "",
              f"Cache when timing started: {fill.get('tokens', '-')} of {fill.get('capacity', '-')} tokens "
              f"({_num(100 * fill['fraction'], '.0f') if 'fraction' in fill else '-'} % full) after "
              f"{fill.get('primed_units', '-')} primed units; {setup.get('units')} timed units; setup "
@@ -76,9 +82,9 @@ def headline_lines(ses: dict) -> list[str]:
         lines.append(f"| {label} | {_num((d or {}).get('p50'))} | {_tail(d)} | {_num(planned)} |")
     for phase, d in ses.get("phase_ms", {}).items():
         label = "performer lag (not summed)" if phase == "performer_lag" else \
-            f"phase {phase} ({' + '.join(PHASE_STAGES.get(phase, ())) or 'no stage'})"
+            f"phase {phase} (plan: {' + '.join(PHASE_PARTS.get(phase, PHASE_STAGES.get(phase, ())))})"
         lines.append(f"| {label} | {_num(d.get('p50'))} "
-                     f"| {_tail(d)} | {_num(_plan_phase(stages, phase))} |")
+                     f"| {_tail(d)} | {_num(_plan_phase(plan, phase), '.2f')} |")
     b, check, pb = ses.get("bytes_per_unit", {}), ses.get("bytes_check", {}), plan.get("bytes_per_unit", {})
     if b:
         lines += ["", "| bytes per unit | ledger | the tensors' own bytes | equal | planned (formula) |",

@@ -60,7 +60,9 @@ def test_dry_run_measures_the_headline(dry_run):
     assert all(c["equal"] for c in ses["bytes_check"].values()), ses["bytes_check"]
     assert ses["plan"]["gpu_key"] == "h100" and ses["plan"]["latency_ms"] > 0
     assert "imports_refused" in ses  # the section ran behind the image's finder
-    assert "Model-side latency of unit k" in md and "| model-side latency |" in md
+    from planning.budget import LATENCY_DEFINITION
+
+    assert LATENCY_DEFINITION in md and "| model-side latency |" in md  # the plan's definition, once
     assert f"| step time per unit | {ses['step_ms']['p50']:.1f} |" in md
     assert "| h2d |" in md and "(38 % full) after 6 primed units" in md
 

@@ -50,16 +50,17 @@ def torch_parts(system, modules: dict[str, torch.nn.Module] | None = None,
     return manifest, engines, initial
 
 
-def torch_device_parts(system, device: str = "cuda") -> tuple[dict, dict, dict]:
-    """(manifest-like dict, {stage: TorchDeviceEngine}, initial state) for `DeviceSession(engines=...)`:
-    the stage modules of `system` (already on `device`, in its build's dtype and attention) run in this
-    process on the device path, e.g. bench/gpu_check.py's base session without an engine build."""
+def torch_device_parts(system, device: str = "cuda", batch: int = 1) -> tuple[dict, dict, dict]:
+    """(manifest-like dict, {stage: TorchDeviceEngine}, initial state) for `DeviceSession(engines=...)`
+    (or `BatchedSession(None, engines=...)` with `batch` rows): the stage modules of `system` (already on
+    `device`, in its build's dtype and attention) run in this process on the device path, e.g.
+    bench/gpu_check.py's base session without an engine build."""
     from runtime.device import Device
     from runtime.device_engines import TorchDeviceEngine
 
     dev = Device(device)
     stages, engines, initial = {}, {}, {}
-    for spec in make_stages(system, device=dev.torch):
+    for spec in make_stages(system, batch, device=dev.torch):
         with torch.no_grad():
             outs = spec.module(*spec.example_inputs.values())
         inputs = [_spec(n, x) for n, x in spec.example_inputs.items()]
@@ -74,5 +75,5 @@ def torch_device_parts(system, device: str = "cuda") -> tuple[dict, dict, dict]:
         initial["kv_cache"] = {"k_scale": scales[0], "v_scale": scales[1]}
     manifest = {"preset": {"name": system.preset.name, "json": system.preset.to_json()}, "stages": stages,
                 "backend": "torch", "target": {"device": dev.torch.type},
-                "precision": str(system.model.dtype).removeprefix("torch.")}
+                "precision": str(system.model.dtype).removeprefix("torch."), "batch": batch}
     return manifest, engines, initial

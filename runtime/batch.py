@@ -42,14 +42,20 @@ class RowsFull(ValueError):
 
 
 class BatchedSession:
-    def __init__(self, directory: str | Path, device: str = "cpu", seed: int = 0, threads: int | None = None,
-                 trust: str | Path | None = None, graphs: bool | None = None) -> None:
+    def __init__(self, directory: str | Path | None, device: str = "cpu", seed: int = 0, threads: int | None = None,
+                 trust: str | Path | None = None, graphs: bool | None = None,
+                 engines: tuple[dict, dict, dict] | None = None) -> None:
+        """engines: (manifest, {stage: DeviceEngine}, initial_state) given directly instead of a directory
+        (torch stage modules in process: calibration.torch_engines.torch_device_parts(..., batch=B))."""
         self.device, self.seed = Device(device), seed
-        manifest = read_manifest(directory, installed_versions=installed_versions(), trust=trust)
-        self.manifest, loaded = load_device_engines(directory, self.device, STAGES, threads, manifest,
-                                                  graphs=graphs)
-        self.spec = s = unit_spec(manifest)
-        initial = load_initial_state(directory, manifest)
+        if engines is not None:
+            self.manifest, loaded, initial = engines
+        else:
+            manifest = read_manifest(directory, installed_versions=installed_versions(), trust=trust)
+            self.manifest, loaded = load_device_engines(directory, self.device, STAGES, threads, manifest,
+                                                      graphs=graphs)
+            initial = load_initial_state(directory, self.manifest)
+        self.spec = s = unit_spec(self.manifest)
         self.ledger, self.stream = TransferLedger(), self.device.stream()
         self.cache = DeviceKVCache(s, self.device, initial.get("kv_cache"))
         self.rows = self.cache.rows

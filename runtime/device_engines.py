@@ -176,7 +176,8 @@ def load_aoti(path: Path, device: Device, graphs: bool | None = None) -> Callabl
 
 def load_device_engines(directory: str | Path, device: Device, stages: list[str] | None = None,
                         threads: int | None = None, manifest: dict | None = None,
-                        trust: str | Path | None = None, graphs: bool | None = None) -> tuple[dict, dict[str, DeviceEngine]]:
+                        trust: str | Path | None = None,
+                        graphs: bool | None = None) -> tuple[dict, dict[str, DeviceEngine]]:
     """(manifest, {stage: DeviceEngine}) of an engine directory, for tensors on `device` (its manifest
     checked here, with its signature against `trust` where given, unless the caller checked it); `graphs`:
     whether the engines will be captured in CUDA graphs (None: on a GPU, as the sessions' default)."""

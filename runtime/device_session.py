@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from unitio.units import UnitResult, check_audio_unit, check_frames_unit, check_text_unit
 
@@ -46,8 +45,9 @@ class DeviceSession(StreamOrder):
 
     device: the thinker's device ("cuda:0", or "cpu" for the CPU twin); performer_device: the
     performer's (two-gpu: default cuda:1); graphs: capture each phase as a CUDA graph (default: on a
-    GPU when every engine is capturable; on a CPU off, and True emulates them on the twin); engines: (manifest, {stage: DeviceEngine}, initial_state)
-    given directly instead of a directory (torch stage modules in process, e.g. bench/gpu_check.py);
+    GPU when every engine is capturable; on a CPU off, and True emulates them on the twin); engines:
+    (manifest, {stage: DeviceEngine}, initial_state) given directly instead of a directory (torch stage
+    modules in process, e.g. bench/gpu_check.py);
     trust: a public key the directory must be signed with (checked by every process that loads it)."""
 
     def __init__(self, directory: str | Path | None = None, placement: str = "one-gpu", device: str = "cuda",

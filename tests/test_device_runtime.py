@@ -73,7 +73,8 @@ def test_device_path_equals_the_reference_bitwise_and_moves_only_a_units_io(tiny
     for row in rows[2:len(units)]:  # every step after the first two (the two-process report arrives a unit late)
         assert row == expected, (placement, row, expected)
     assert max(max(r.values()) for r in rows) < cache_bytes  # the cache never crosses
-    report(f"device path ({placement}, {'emulated graphs' if graphs else 'eager'}, on cpu) == sequential reference bitwise over {len(units)} tiny units; "
+    how = "emulated graphs" if graphs else "eager"
+    report(f"device path ({placement}, {how}, on cpu) == sequential reference bitwise over {len(units)} tiny units; "
            f"{expected} bytes per unit (cache {cache_bytes} B stays put)")
 
 

@@ -117,6 +117,40 @@ def test_half_precision_device_path_matches_the_fp32_reference(tiny, fp32_refere
     assert planted["min_cos"] < 0.9 and planted["max_rel_rms"] > 0.5, planted
 
 
+def test_batched_bf16_rows_read_y_k_minus_1(tiny, fp32_reference, monkeypatch):
+    """The batched session (2 rows, bf16 stage modules, CPU twin with emulated graphs): row 0 streams the
+    reference's input beside another session and stays within the same tolerances of the fp32 reference;
+    with the old cast order planted back (eagerly), y_1 already falls outside them (2 units suffice)."""
+    from types import SimpleNamespace
+
+    from runtime.batch import BatchedSession
+
+    parts = torch_device_parts(_trained(tiny, torch.bfloat16), "cpu", batch=2)
+    units = fp32_reference[0]
+    text = lambda k: np.full(tiny.text_in_tokens, k % 5 + 1)  # noqa: E731
+
+    def stream(batch, n):
+        a, b = batch.join(seed=SEED), batch.join(seed=SEED + 1)
+        held = lambda: torch.cat([batch.thinker.prev_audio[a].ravel(), batch.thinker.prev_video[a].ravel()])  # noqa
+        results, ys = [], []
+        for k in range(n):
+            results.append(batch.step({a: (*units[k], text(k)), b: units[-1 - k]})[a])
+            ys.append(held().numpy().copy())
+        wave, _ = batch.flush(a)
+        return results, SimpleNamespace(audio=wave), ys[1:] + [held().numpy().copy()]
+
+    runs = {}
+    for planted, n in ((False, 3), (True, 2)):
+        with BatchedSession(None, engines=parts, graphs=not planted) as batch:
+            if planted:
+                _plant_prev_cast_in_encode(batch.thinker, monkeypatch)
+            runs[planted] = _compare(fp32_reference, stream(batch, n))
+    report(f"batched bf16 row vs fp32 reference (3 units): cosine >= {runs[False]['min_cos']:.5f}, audio RMS error "
+           f"<= {runs[False]['max_rel_rms']:.1%}; y_(k-2) planted: cosine >= {runs[True]['min_cos']:.2f}: caught")
+    assert _within(runs[False]), runs[False]
+    assert not _within(runs[True]) and runs[True]["min_cos"] < 0.9, runs[True]
+
+
 # --- CUDA graphs and streams on the CPU twin (runtime/device_twin.py) -----------------------------------------
 def test_twin_streams_defer_until_a_wait_and_graphs_replay_only_tensor_work():
     """The twin's rules on bare tensors: a side stream's write is not there before a wait or sync orders

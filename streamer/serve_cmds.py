@@ -99,8 +99,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             url = deploy(config, replicas, slots, args.host, args.port, 1.0 if cuda else 0.0,
                          0.0 if cuda else float(args.threads), gate)
             kind = "batched" if batch > 1 and args.rows != "unbatched" else "unbatched"
+            where = ("a joined cluster" if not local else
+                     f"a Ray cluster on {args.listen} others may join" if args.listen else "a local Ray instance")
             console.print(f"serving {manifest['preset']['name']} ({manifest['backend']}, {kind}): {replicas} replica(s) "
-                          f"x {slots} sessions, on {'a joined cluster' if not local else 'a local Ray instance'}")
+                          f"x {slots} sessions, on {where}")
             ws = url.replace("http://", "ws://")
             console.print(f"  page     {url}/\n  session  {ws}{PATH}\n  metrics  {url}/metrics   health {url}/health\n"
                           f"Ctrl-C stops.")

@@ -100,7 +100,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          0.0 if cuda else float(args.threads), gate)
             kind = "batched" if batch > 1 and args.rows != "unbatched" else "unbatched"
             where = ("a joined cluster" if not local else
-                     f"a Ray cluster on {args.listen} others may join" if args.listen else "a local Ray instance")
+                     f"a Ray cluster on {args.listen} others may join" if args.listen not in (None, "127.0.0.1", "localhost")
+                     else "a local Ray instance")
             console.print(f"serving {manifest['preset']['name']} ({manifest['backend']}, {kind}): {replicas} replica(s) "
                           f"x {slots} sessions, on {where}")
             ws = url.replace("http://", "ws://")

@@ -151,6 +151,7 @@ def markdown(results: dict) -> str:
     if "speedup" in sa:
         lines += ["| stage (ms per call) | triton (ours) | sdpa | sdpa / triton |", "| --- | ---: | ---: | ---: |"]
         lines += [f"| {n} | {sa['triton'][n]:.2f} | {sa['sdpa'][n]:.2f} | {sa['speedup'][n]:.2f}x |" for n in sa["triton"]]
+        lines += ["", sa["note"]] if sa.get("note") else []
     kt = s.get("kernel_timing", {})
     if kt.get("rows"):
         lines += _kernel_lines(kt, env)

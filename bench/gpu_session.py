@@ -196,7 +196,7 @@ def headline(ctx: Context) -> dict:
         ledger = [dict(row) for row in list(s.ledger.units)[prime:prime + ctx.units]]
         counted = tensor_bytes(s, results[-1]) if results else {}
     ctx.record("step_ms", summary(step_ms[prime:]))
-    ctx.record("cycle_ms", summary((np.diff(done[prime:]) * 1000.0).tolist()))
+    ctx.record("cycle_ms", summary((np.diff(done[max(0, prime - 1):]) * 1000.0).tolist()))  # one per timed unit
     phases = phase_ms(stamps, clock, range(prime, prime + ctx.units))
     ctx.record("phase_ms", {ph: summary(v) for ph, v in phases.items() if ph != "latency"})
     ctx.record("latency_ms", summary(phases["latency"]))

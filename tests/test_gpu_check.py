@@ -51,7 +51,7 @@ def test_dry_run_measures_the_headline(dry_run):
     assert fill["primed_units"] == 6 and fill["tokens"] == 6 * 17 and fill["capacity"] == 16 * 17
     for key in ("step_ms", "cycle_ms", "latency_ms"):
         assert ses[key]["p50"] > 0 and ses[key]["p99"] is None and "no p99" in ses[key]["p99_note"]  # 8 < 200
-    assert ses["step_ms"]["n"] == ses["latency_ms"]["n"] == 8
+    assert ses["step_ms"]["n"] == ses["cycle_ms"]["n"] == ses["latency_ms"]["n"] == 8
     phases = ses["phase_ms"]
     summed = {"encode", "think", "handover", "flow", "decode"}
     assert set(phases) == summed | {"performer_lag"}

@@ -46,10 +46,13 @@ def _unique_state(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str,
 
 
 def save_weights(module: nn.Module, preset: Preset, path: str | Path) -> None:
-    """Write the module's weights to `path` (safetensors) with the preset in the metadata."""
+    """Write the module's weights to `path` (safetensors) with the preset in the metadata (a new file
+    renamed over `path`: a link there is replaced, never written through)."""
+    from unitio.growing import write_replacing
+
     tensors, aliases = _unique_state(module)
     meta = {"format": FORMAT, "preset": preset.name, "preset_json": preset.to_json(), "aliases": json.dumps(aliases)}
-    save_file(tensors, str(path), metadata=meta)
+    write_replacing(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def _read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[tuple[int, ...], str]]]:

@@ -92,7 +92,9 @@ def train_command(args) -> int:
     if world.main:
         console.print("training time: " + ", ".join(f"stage {s} {t / 60:.1f} min" for s, t in times.items())
                       + f" ({world.size} process{'es' if world.size > 1 else ''})")
-        (args.out / f"times_{'_'.join(stages)}.json").write_text(json.dumps(times))
+        from unitio.growing import write_replacing
+
+        write_replacing(args.out / f"times_{'_'.join(stages)}.json", lambda tmp: Path(tmp).write_text(json.dumps(times)))
     if world.size > 1:
         import torch.distributed as dist
 

@@ -232,3 +232,21 @@ def test_children_never_see_the_cwd_and_see_the_parents_user_site(monkeypatch):
     assert "-s" in child.child_argv("m")
     monkeypatch.setattr(child.sys, "flags", types.SimpleNamespace(no_user_site=0))
     assert "-s" not in child.child_argv("m") and child.child_env()["PYTHONSAFEPATH"] == "1"
+
+
+def test_weights_and_training_outputs_replace_a_planted_link(tmp_path, capsys):
+    """`init-weights --out` (save_weights, which training's outputs use too), a loss plot and a training
+    checkpoint's writer: a link at the name is replaced by the new file, the victim keeps its bytes."""
+    from model_src.weights import read_preset
+    from training.trainer import loss_png
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    for name in ("w.safetensors", "loss.png"):
+        os.symlink(victim, tmp_path / name)
+    assert main(["init-weights", "--preset", "tiny", "--out", str(tmp_path / "w.safetensors")]) == 0
+    loss_png([[0, {"loss": 1.0, "a": 0.5}], [1, {"loss": 0.8, "b": 0.2}]], tmp_path / "loss.png", "t")
+    assert victim.read_bytes() == b"precious"
+    assert read_preset(tmp_path / "w.safetensors").name == "tiny" and not (tmp_path / "w.safetensors").is_symlink()
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png", "victim", "w.safetensors"]  # no temporaries

@@ -26,6 +26,7 @@ from torch import nn
 
 from model_src.system import build_system
 from model_src.weights import load_weights, read_preset, save_weights
+from unitio.growing import write_replacing
 from unitio.jsonsafe import loads_bounded
 
 from .codecs import codec_clip, standardize_latents, start_posteriors_narrow
@@ -116,9 +117,7 @@ def save_checkpoint(path: Path, stage: str, step: int, system, optimizer, histor
     meta = {"format": CKPT_FORMAT, "stage": stage, "step": str(step), "preset_json": system.preset.to_json(),
             "history": json.dumps(history), "config": json.dumps(asdict(cfg)),
             "param_groups": json.dumps(state["param_groups"])}
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)  # a crash while writing never leaves a half checkpoint
+    write_replacing(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))  # never half a checkpoint
 
 
 def load_checkpoint(path: Path, stage: str, system, optimizer) -> tuple[int, list]:
@@ -270,7 +269,8 @@ def training_latents(system, out: Path, cfg: StageConfig, world: World) -> dict[
         data = encode_conversations(system, TRAIN_SEED_BASE + np.arange(cfg.conversations), cfg.units,
                                     on_batch=lambda n: bar.update(n, ""))
         bar.close()
-        save_file({k: v.contiguous() for k, v in data.items()}, str(path), metadata={"key": key})
+        write_replacing(path, lambda tmp: save_file({k: v.contiguous() for k, v in data.items()}, str(tmp),
+                                                    metadata={"key": key}))
     world.barrier()
     data = load_file(str(path))
     return {k: v.bool() if k == "speaking" else v for k, v in data.items()}
@@ -382,7 +382,7 @@ def loss_png(history: list, path: Path, title: str) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    write_replacing(path, lambda tmp: fig.savefig(tmp, dpi=90))
     plt.close(fig)
 
 

@@ -71,3 +71,23 @@ class GrowingFile:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
+
+
+def write_replacing(path: str | Path, write) -> None:
+    """Make `path` by `write(tmp)` into a new private file beside it (mkstemp: O_EXCL, same suffix, so
+    a writer choosing the format by extension is not confused), then rename it over `path`: a link
+    planted at `path` is replaced, never written through, and a crash never leaves half a file."""
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # the mode a plain open would have given
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

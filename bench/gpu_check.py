@@ -179,18 +179,30 @@ def run_child(cmd: list[str], timeout_s: float) -> tuple[int | None, str]:
     try:
         rc = proc.wait(timeout=max(0.1, timeout_s))
     except subprocess.TimeoutExpired:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=5)
-                break
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        _kill_group(proc)
         rc = None
+    except BaseException:  # this process interrupted or terminated: the section's processes go with it
+        _kill_group(proc)
+        raise
     reader.join(timeout=5)
     return rc, "".join(tail)[-3000:]
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the section's process group, SIGKILL after 5 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=5)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run_child, which kills the running section
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,6 +230,21 @@ def main(argv: list[str] | None = None) -> int:
                "deadline_s": args.deadline_s, "dry_run": args.dry_run, "headline": HEADLINE,
                "sections": {n: {"status": "pending"} for n in names}}
     save(args.out, results)
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _run_sections(args, names, started, deadline_at)
+    except (SystemExit, KeyboardInterrupt) as e:
+        results = load(args.out)
+        for sec in results["sections"].values():
+            if sec.get("status") in ("running", "pending"):
+                sec.update(status="interrupted", error=f"bench/gpu_check.py was stopped ({type(e).__name__} {e})")
+        results["headline_ok"] = results["sections"].get(HEADLINE, {}).get("status") == "ok" if HEADLINE in names else None
+        save(args.out, results)
+        raise
+
+
+def _run_sections(args: argparse.Namespace, names: list[str], started: float, deadline_at: float) -> int:
+    """Each section in turn, bounded by the deadline; the exit code (see the module's docstring)."""
     for name in names:
         least, most = (0, float("inf")) if args.dry_run else BUDGETS[name]  # the budgets are an H100's at base
         left = deadline_at - time.time() - 2.0  # two seconds kept for the last report

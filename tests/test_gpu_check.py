@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -31,6 +32,16 @@ def _plant(tmp_path: Path, target: str, action: str) -> dict:
     (folder / "sitecustomize.py").write_text((ROOT / "tests" / "planted_import.py").read_text())
     return {"PYTHONPATH": str(folder), "PLANT_TARGET": target, "PLANT_ACTION": action,
             "PLANT_PID": str(tmp_path / "planted.pid")}
+
+
+def _assert_gone(pid: int) -> None:
+    """The planted hung process no longer exists (if it does, it is killed here, then the test fails)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    os.kill(pid, signal.SIGKILL)
+    raise AssertionError(f"the hung section process {pid} outlived bench/gpu_check.py")
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +118,25 @@ def test_the_deadline_kills_a_hung_section(tmp_path):
     assert ses["status"] == "timed out" and "deadline" in ses["error"], ses
     assert took < 15 + 15, took  # the deadline counts from the process start; killing takes a moment
     assert (tmp_path / "planted.pid").exists(), "the section was killed before it reached the planted hang"
-    pid = int((tmp_path / "planted.pid").read_text())
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)  # the hung process is gone (its group was killed)
+    _assert_gone(int((tmp_path / "planted.pid").read_text()))  # its group was killed
     assert "| session | TIMED OUT |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_a_stopped_run_takes_its_section_with_it(tmp_path):
+    """SIGTERM to bench/gpu_check.py (a tool's timeout) kills the running section's process group too (no
+    orphan left on the GPU), and the JSON says the section was interrupted."""
+    env = _plant(tmp_path, "runtime.device_session", "hang")
+    proc = subprocess.Popen(CHECK + ["--dry-run", "--sections", "session", "--out", str(tmp_path)], cwd="/",
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid_file, t0 = tmp_path / "planted.pid", time.monotonic()
+    while not pid_file.exists() and time.monotonic() - t0 < 90 and proc.poll() is None:
+        time.sleep(0.2)
+    assert pid_file.exists(), "the section never reached the planted hang"
+    proc.terminate()
+    assert proc.wait(timeout=30) == 128 + 15
+    _assert_gone(int(pid_file.read_text()))
+    ses = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]["session"]
+    assert ses["status"] == "interrupted" and "SystemExit" in ses["error"]
 
 
 def test_no_cuda_is_an_error_with_a_json(tmp_path):

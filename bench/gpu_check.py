@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                 sec.update(status="interrupted", error=f"bench/gpu_check.py was stopped ({type(e).__name__} {e})")
         results["headline_ok"] = results["sections"].get(HEADLINE, {}).get("status") == "ok" if HEADLINE in names else None
         save(args.out, results)
+        if isinstance(e, KeyboardInterrupt):
+            return 130
         raise
 
 

@@ -19,7 +19,8 @@ before the deadline covers its least time, killed at the deadline):
 One hard deadline for the whole run, counted from this process's start (default 480 s). gpu_check.json
 and gpu_check.md go to --out (default $OUT, else the current folder) as each measurement is taken, so a
 run cut short keeps what it measured. Exit code: 0 the headline measured (or not asked for); 1 it failed,
-timed out or was skipped; 2 bad arguments; 4 no CUDA device (not a dry run); the JSON says which.
+timed out or was skipped; 2 bad arguments; 4 no CUDA device (not a dry run); 130 / 143 stopped by Ctrl-C /
+SIGTERM (the running section killed with it); the JSON says which.
 The sections need only what the GPU image has (torch, triton, numpy, onnx, onnxruntime; a dry run
 refuses every other import, bench/image_imports.py), but `engines`, whose `streamer build` also wants
 rich, safetensors, tqdm and imageio: carry them (bash bench/gpu_wheels.sh).

@@ -135,7 +135,7 @@ def markdown(results: dict) -> str:
              f"`{results.get('command', '')}`, deadline {_num(results.get('deadline_s'), '.0f')} s from the "
              f"process start, {_num(results.get('seconds'))} s used.", "",
              f"torch {env.get('torch')}, CUDA {env.get('cuda')}, triton {env.get('triton')}, {env.get('sms', '?')} SMs, "
-             f"datasheet entry {env.get('plan_key', '-')}, MPS {'on' if env.get('mps') else 'off'}, CUDA_HOME "
+             f"planning/gpus.toml entry: {env.get('plan_key', '-')}, MPS {'on' if env.get('mps') else 'off'}, CUDA_HOME "
              f"{env.get('cuda_home')}, nvcc {env.get('nvcc')}, g++ {env.get('gxx')}, flash-attn {env.get('flash_attn')}.", ""]
     if results.get("no_cuda"):
         lines += [f"**No CUDA device**: {results['no_cuda']}", ""]

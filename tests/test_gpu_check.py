@@ -163,7 +163,7 @@ def test_unknown_gpus_have_no_datasheet_entry():
                             "session": {"status": "ok", "setup": {"preset": "base", "units": 200},
                                         "plan": {"skipped": "NVIDIA H100 NVL: no datasheet entry in planning/gpus.toml"}}}}
     md = markdown(results)
-    assert "datasheet entry no datasheet entry" in md and "Plan: NVIDIA H100 NVL: no datasheet entry" in md
+    assert "planning/gpus.toml entry: no datasheet entry" in md and "Plan: NVIDIA H100 NVL: no datasheet entry" in md
 
 
 def test_the_report_shows_failures_and_absent_columns():

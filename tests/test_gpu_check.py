@@ -1,7 +1,8 @@
 """bench/gpu_check.py, run as on a GPU machine but on the CPU (--dry-run: tiny, bf16 device path, imports
 limited to the GPU image's): the JSON and the markdown hold the headline's measurements; a section that
 imports a library the image lacks fails and shows as failed; the deadline kills a section that hangs;
-no CUDA outside a dry run is a non-zero exit with a JSON that says so. Plants go in through a
+a stopped run keeps what it measured and leaves no section running; no CUDA outside a dry run is a
+non-zero exit with a JSON that says so. Plants go in through a
 sitecustomize on PYTHONPATH that the section processes load (tests/planted_import.py)."""
 from __future__ import annotations
 
@@ -122,12 +123,14 @@ def test_the_deadline_kills_a_hung_section(tmp_path):
     assert "| session | TIMED OUT |" in (tmp_path / "gpu_check.md").read_text()
 
 
-def test_a_stopped_run_takes_its_section_with_it(tmp_path):
-    """SIGTERM to bench/gpu_check.py (a tool's timeout) kills the running section's process group too (no
-    orphan left on the GPU), and the JSON says the section was interrupted."""
-    env = _plant(tmp_path, "runtime.device_session", "hang")
-    proc = subprocess.Popen(CHECK + ["--dry-run", "--sections", "session", "--out", str(tmp_path)], cwd="/",
-                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def test_a_stopped_run_keeps_its_measurements_and_takes_its_section_with_it(tmp_path):
+    """The headline hangs where it computes the plan, after measuring (planning.report's import): the
+    measurements are in the JSON already. SIGTERM to bench/gpu_check.py (a tool's timeout) then kills the
+    section's process group too (no orphan left on the GPU), and the JSON says it was interrupted."""
+    env = _plant(tmp_path, "planning.report", "hang")
+    proc = subprocess.Popen(CHECK + ["--dry-run", "--units", "2", "--prime", "1", "--sections", "session", "--out",
+                                     str(tmp_path)], cwd="/", env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pid_file, t0 = tmp_path / "planted.pid", time.monotonic()
     while not pid_file.exists() and time.monotonic() - t0 < 90 and proc.poll() is None:
         time.sleep(0.2)
@@ -137,6 +140,8 @@ def test_a_stopped_run_takes_its_section_with_it(tmp_path):
     _assert_gone(int(pid_file.read_text()))
     ses = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]["session"]
     assert ses["status"] == "interrupted" and "SystemExit" in ses["error"]
+    assert ses["step_ms"]["n"] == ses["latency_ms"]["n"] == 2 and "bytes_check" in ses and "plan" not in ses
+    assert "| session | interrupted |" in (tmp_path / "gpu_check.md").read_text()
 
 
 def test_no_cuda_is_an_error_with_a_json(tmp_path):

@@ -157,7 +157,7 @@ class _StreamMode(TorchDispatchMode):
 def use(stream: CpuStream):
     """`stream` current on this thread: its tensor writes, engine calls and replays deferred to it."""
     st = _state()
-    outermost = not st.streams
+    outermost = not st.streams and st.recorder is None  # while capturing, the recorder takes every op
     st.streams.append(stream)
     try:
         if outermost:

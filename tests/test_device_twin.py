@@ -196,6 +196,8 @@ def test_twin_streams_defer_until_a_wait_and_graphs_replay_only_tensor_work():
     assert y.tolist() == [12.0] * 4
     with pytest.raises(CaptureError, match="read by the host during CUDA graph capture"):
         d.capture(lambda: y.add_(x.sum().item()), main)
+    with pytest.raises(CaptureError, match="host sync during CUDA graph capture"):
+        d.capture(lambda: d.sync(written), main)
 
 
 def _ort_units(spec, n):
@@ -259,6 +261,8 @@ def test_a_missing_stream_wait_reads_stale_latents_on_the_twin(tiny_ort_engines,
     units, want, want_last = ort_reference
     wait = Device.wait
     with DeviceSession(tiny_ort_engines, device="cpu", seed=SEED, threads=1, graphs=True) as session:
+        nodes = session.thinker._think_call.raw.nodes  # the think phase's emulated graph
+        assert [n[0] for n in nodes].count("call") == 1 and any(n[0] == "op" for n in nodes)  # ORT call + append
         assert _same((want, want_last), _ort_stream(session, units))
     with DeviceSession(tiny_ort_engines, device="cpu", seed=SEED, threads=1, graphs=True) as session:
         done = session.performer.done

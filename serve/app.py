@@ -21,6 +21,7 @@ from .pacer import Pacer
 from .protocol import PATH, Limits, spec_info
 from .raynet import loopback_replica_grpc
 from .rows import open_rows
+from .words import text_words
 
 APP_NAME = "av-streamer"
 ROUTER = "serve.router:LeastSessionsRouter"
@@ -114,7 +115,7 @@ class Replica:
     @api.get("/info")
     def info(self) -> dict:
         return {"protocol": 1, "path": PATH, "spec": spec_info(self.spec), "limits": self.hub.limits.as_dict(self.spec),
-                "rows": self.kind, "slots": self.hub.slots}
+                "rows": self.kind, "slots": self.hub.slots, "words": text_words()}
 
     @api.get("/health")
     async def health(self) -> JSONResponse:

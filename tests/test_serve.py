@@ -170,23 +170,173 @@ def test_health_and_metrics_in_prometheus_text(served):
     assert any('code="bad_audio"' in k and v >= 1 for k, v in samples.items())
 
 
-def test_the_page_streams_camera_and_microphone_and_draws_the_face(served, tmp_path):
+def _reads_as_words(lines: list, vocabulary: set) -> bool:
+    """Every transcript line is one or more words of the served vocabulary (no ids, no numbers)."""
+    return bool(lines) and all(line and all(w in vocabulary for w in line.split()) for line in lines)
+
+
+DENY_MEDIA = ("navigator.mediaDevices.getUserMedia = () => "
+              "Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));")
+
+
+class _DyingServer:
+    """The page's files and /info on a port of its own, and a /v1/session that says ready, takes 3 units
+    and then drops the connection as a killed server would (no close frame): what the page shows when the
+    server stops under a live session. `stop()` closes the port: what Retry meets afterwards."""
+
+    def __init__(self, info: dict) -> None:
+        import threading
+        from importlib import resources
+
+        self.info, self.files = info, {
+            "/": ("text/html", resources.files("serve").joinpath("static", "index.html").read_bytes()),
+            **{f"/static/{n}": ("text/javascript", resources.files("serve").joinpath("static", n).read_bytes())
+               for n in ("app.js", "capture-worklet.js")},
+            "/info": ("application/json", json.dumps(info).encode())}
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._open())
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _open(self) -> None:
+        from websockets.asyncio.server import serve
+        from websockets.datastructures import Headers
+        from websockets.http11 import Response
+
+        def route(connection, request):
+            path = request.path.split("?")[0]
+            if path == self.info["path"]:
+                return None  # the WebSocket handshake
+            if path not in self.files:
+                return Response(404, "Not Found", Headers([("Content-Length", "0")]), b"")
+            ctype, body = self.files[path]
+            return Response(200, "OK", Headers([("Content-Type", ctype), ("Content-Length", str(len(body)))]), body)
+
+        async def session(ws) -> None:
+            await ws.recv()  # the hello
+            await ws.send(json.dumps({"type": "ready", "protocol": 1, "session": "0123456789ab", "replica": "dying",
+                                      "rows": "batched", "spec": self.info["spec"], "limits": self.info["limits"]}))
+            for _ in range(3):
+                await ws.recv()
+            ws.transport.abort()  # no close frame: the browser sees 1006
+
+        self.server = await serve(session, "127.0.0.1", 0, process_request=route)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    def stop(self) -> None:
+        async def close() -> None:
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_the_page_reads_as_a_demo(served, tmp_path):
+    """What a person sees in headless Chromium (fake camera and microphone): the state in words, the
+    model's words as a transcript, the meters moving, the face drawn; the diagnostics folded away; a new
+    session's counters from 0; an unreachable server and a denied camera in words with what to do.
+    AVS_PAGE_SHOTS=DIR keeps the screenshots (docs/img: docs/page.md)."""
+    import base64
+    import os
+    from pathlib import Path
+
     from cdp import Chromium, find_chromium
+
+    from training import conversation, spoken
 
     exe = find_chromium()
     if exe is None:
         pytest.skip("chromium is not installed (Debian: apt-get install chromium; .ci/run installs it where it can)")
+    with urllib.request.urlopen(served.http + "/info", timeout=30) as r:
+        info = json.loads(r.read())
+    served_words = info["words"]
+    want = {k: w for k, w in {**conversation.WORDS, **spoken.WORDS}.items() if k != conversation.SIL}
+    assert {int(k): w for k, w in served_words.items() if w} == want and served_words[str(conversation.SIL)] == ""
+    vocabulary = {w for w in served_words.values() if w}
+    assert not _reads_as_words(["#10 #20"], vocabulary) and not _reads_as_words([], vocabulary)  # the check can fail
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
     browser = Chromium(exe, tmp_path / "profile")
+    js = browser.evaluate
+
+    def text(el: str) -> str:
+        return js(f"document.getElementById('{el}').textContent")
+
+    def shot(name: str) -> None:
+        height = js("document.documentElement.scrollHeight")  # the whole page, diagnostics included when open
+        png = base64.b64decode(browser.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                                            clip={"x": 0, "y": 0, "width": 1040, "height": height, "scale": 1})["data"])
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        (shots / f"{name}.png").write_bytes(png)
+
     try:
         browser.open(served.http + "/")
+        browser.call("Emulation.setDeviceMetricsOverride", width=1040, height=720, deviceScaleFactor=1, mobile=False)
         assert browser.wait_for("document.readyState === 'complete' && !!window.avs", 30)
-        browser.evaluate("document.getElementById('start').click()", gesture=True)
-        stats = browser.wait_for("window.avs.received >= 5 && window.avs.drawn >= 5 && window.avs", 60)
-        assert stats, f"no units came back: {browser.evaluate('JSON.stringify(window.avs)')}"
-        assert stats["sent"] >= 5 and stats["media"] >= 4 and not stats["errors"]
-        assert browser.evaluate("window.avsFacePixels()") > 0  # frames were drawn on the face canvas
-        assert browser.evaluate("document.getElementById('lat_text').textContent").endswith(" ms")
-        browser.evaluate("document.getElementById('stop').click()", gesture=True)
-        assert browser.wait_for("window.avs.bye && window.avs.bye.reason", 30) == "end"
+        assert text("state") == "not started" and not js("document.getElementById('diagnostics').open")
+        js("document.getElementById('start').click()", gesture=True)
+        stats = browser.wait_for("window.avs.received >= 12 && window.avs.transcript.length >= 1 && window.avs", 60)
+        assert stats, f"no words came back: {js('JSON.stringify(window.avs)')}"
+        assert text("state") == "live" and stats["sent"] >= 12 and stats["media"] >= 11 and stats["drawn"] >= 5
+        assert not stats["errors"]
+        assert js("window.avsFacePixels()") > 0  # frames were drawn on the face canvas
+        lines = js("[...document.querySelectorAll('#transcript .w')].map((e) => e.textContent)")
+        assert _reads_as_words(lines, vocabulary), lines  # words, not token ids
+        assert stats["micPeak"] > 0.3 and stats["voicePeak"] > 0.3, stats  # the fake beep is heard, the model speaks
+        assert js("document.getElementById('mic_level').value") >= 0 and text("hearing") in ("hearing you", "quiet")
+        assert text("lat_text").endswith(" ms") and int(text("sent")) >= 12
+        shot("page-live")
+        js("document.getElementById('stop').click()", gesture=True)
+        assert browser.wait_for("window.avs.bye && window.avs.state === 'ended' && window.avs.bye.reason", 30) == "end"
+        assert text("state") == "session ended" and text("start") == "Start"
+        js("document.getElementById('diagnostics').open = true")
+        shot("page-ended")
+        first = stats["sent"]
+
+        js("document.getElementById('start').click()", gesture=True)  # a new session, counted from 0
+        again = browser.wait_for("window.avs.state === 'live' && window.avs", 30)
+        assert again and again["sent"] < first and again["errors"] == [] and again["bye"] is None
+        js("document.getElementById('stop').click()", gesture=True)
+        assert browser.wait_for("window.avs.state === 'ended'", 30)
+
+        dying = _DyingServer(info)  # the server stops under a live session, then is gone
+        try:
+            browser.call("Page.navigate", url=dying.url + "/")
+            assert browser.wait_for("document.readyState === 'complete' && !!window.avs && window.avs.state === 'idle'", 30)
+            js("document.getElementById('start').click()", gesture=True)
+            assert browser.wait_for("window.avs.state === 'stopped'", 30), js("JSON.stringify(window.avs)")
+            assert text("state") == "server stopped: retry" and text("start") == "Retry" and "lost" in text("help")
+            shot("page-stopped")
+        finally:
+            dying.stop()
+        js("document.getElementById('start').click()", gesture=True)  # Retry with no server there
+        assert browser.wait_for("window.avs.state === 'stopped' && window.avs.help.includes('does not answer')", 30)
+        assert text("state") == "server stopped: retry" and "Retry" in text("help")
+
+        browser.call("Page.addScriptToEvaluateOnNewDocument", source=DENY_MEDIA)  # a denied camera
+        browser.call("Page.navigate", url=served.http + "/")
+        assert browser.wait_for("document.readyState === 'complete' && !!window.avs && window.avs.state === 'idle'", 30)
+        js("document.getElementById('start').click()", gesture=True)
+        assert browser.wait_for("window.avs.state === 'denied'", 20), js("JSON.stringify(window.avs)")
+        help_text = text("help")
+        assert text("state") == "camera or microphone blocked" and "allow" in help_text and "Retry" in help_text
+        assert "NotAllowedError" not in js("document.body.innerText")  # no raw browser error code
+        shot("page-denied")
     finally:
         browser.close()
+    if os.environ.get("AVS_PAGE_SHOTS"):  # 128 colours: a third of the size, the text as sharp
+        from PIL import Image
+
+        for png in shots.iterdir():
+            Image.open(png).convert("RGB").quantize(128, dither=Image.Dither.NONE).save(
+                Path(os.environ["AVS_PAGE_SHOTS"]) / png.name, optimize=True)

@@ -141,7 +141,7 @@ const level = (x) => { let e = 0; for (let i = 0; i < x.length; i++) e += x[i] *
 const ON = 0.35;  // about -39 dBFS: a voice, not a quiet room
 const history = { mic_wave: [], voice_wave: [] };
 
-function showLevel(which, v) {
+function showLevel(which, v, keep = true) {  // keep: add v to the bars (false: reset the meter only)
   const mic = which === "mic";
   $(mic ? "mic_level" : "voice_level").value = v;
   const flag = $(mic ? "hearing" : "speaking"), on = v >= ON;
@@ -150,7 +150,8 @@ function showLevel(which, v) {
   if (mic) { avs.micLevel = v; avs.micPeak = Math.max(avs.micPeak, v); if (on) avs.heard += 1; }
   else { avs.voiceLevel = v; avs.voicePeak = Math.max(avs.voicePeak, v); }
   const name = mic ? "mic_wave" : "voice_wave", bars = history[name], c = $(name), g = c.getContext("2d");
-  bars.push(v); if (bars.length > 50) bars.shift();
+  if (keep) bars.push(v);
+  if (bars.length > 50) bars.shift();
   g.clearRect(0, 0, c.width, c.height);
   g.fillStyle = mic ? "#0b57d0" : "#0d6b2f";
   const w = c.width / 50;
@@ -161,7 +162,8 @@ function clearPage() {
   Object.assign(avs, fresh());
   $("transcript").innerHTML = '<li class="empty">nothing yet</li>';
   history.mic_wave.length = 0; history.voice_wave.length = 0;
-  showLevel("mic", 0); showLevel("voice", 0);
+  showLevel("mic", 0, false); showLevel("voice", 0, false);
+  const face = $("face"); face.getContext("2d").clearRect(0, 0, face.width, face.height);
   $("text").textContent = "";
   $("session").textContent = "-";
   render();
@@ -207,7 +209,8 @@ async function openSession() {
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     info = await r.json();
   } catch (e) {
-    throw failure("stopped", `The server does not answer (${e.message || e}). Start it (streamer serve) and press Retry.`);
+    const why = e instanceof TypeError ? "" : ` (${e.message})`;  // a network failure's text is the browser's, not the user's
+    throw failure("stopped", `The server does not answer${why}. Start it (streamer serve) and press Retry.`);
   }
   words = info.words || {};
   const spec = info.spec, W = spec.frame_width, H = spec.frame_height;
@@ -361,7 +364,8 @@ function stopMedia(s) {
   s.timers = []; s.pending.clear();
   for (const track of s.media.getTracks()) track.stop();
   if (s.ctx && s.ctx.state !== "closed") s.ctx.close();
-  showLevel("mic", 0); showLevel("voice", 0);
+  $("camera").srcObject = null;
+  showLevel("mic", 0, false); showLevel("voice", 0, false);
 }
 
 function stop() {

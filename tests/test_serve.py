@@ -285,15 +285,16 @@ def test_the_page_reads_as_a_demo(served, tmp_path):
         assert browser.wait_for("document.readyState === 'complete' && !!window.avs", 30)
         assert text("state") == "not started" and not js("document.getElementById('diagnostics').open")
         js("document.getElementById('start').click()", gesture=True)
-        stats = browser.wait_for("window.avs.received >= 12 && window.avs.transcript.length >= 1 && window.avs", 60)
+        units = 40 if os.environ.get("AVS_PAGE_SHOTS") else 12  # the docs' screenshot: a few answers
+        stats = browser.wait_for(f"window.avs.received >= {units} && window.avs.transcript.length >= 1 && window.avs", 60)
         assert stats, f"no words came back: {js('JSON.stringify(window.avs)')}"
         assert text("state") == "live" and stats["sent"] >= 12 and stats["media"] >= 11 and stats["drawn"] >= 5
         assert not stats["errors"]
         assert js("window.avsFacePixels()") > 0  # frames were drawn on the face canvas
         lines = js("[...document.querySelectorAll('#transcript .w')].map((e) => e.textContent)")
         assert _reads_as_words(lines, vocabulary), lines  # words, not token ids
-        assert stats["micPeak"] > 0.3 and stats["voicePeak"] > 0.3, stats  # the fake beep is heard, the model speaks
-        assert js("document.getElementById('mic_level').value") >= 0 and text("hearing") in ("hearing you", "quiet")
+        assert stats["micPeak"] > 0.35 and stats["voicePeak"] > 0.55, stats  # the fake beep is heard, the model speaks
+        assert stats["heard"] >= 1 and text("hearing") in ("hearing you", "quiet")  # the flag said so at least once
         assert text("lat_text").endswith(" ms") and int(text("sent")) >= 12
         shot("page-live")
         js("document.getElementById('stop').click()", gesture=True)

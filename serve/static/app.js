@@ -112,9 +112,9 @@ function heardText(s, h) {
     last.unit = h.unit;
     if (group === last.group) return;
     last.group = group;
-    last.words.push(group);
+    for (const w of said) if (w !== last.words[last.words.length - 1]) last.words.push(w);  // "red red" is one "red"
   } else {
-    s.line = { unit: h.unit, group, words: [group], at: (h.unit * s.spec.unit_ms) / 1000 };
+    s.line = { unit: h.unit, group, words: said.filter((w, i) => w !== said[i - 1]), at: (h.unit * s.spec.unit_ms) / 1000 };
     avs.spoke += 1;
   }
   writeLine(s.line);
@@ -138,13 +138,13 @@ function writeLine(line) {
 
 // ---- the meters: loudness per unit (dBFS -60..0 -> 0..1) and the last 50 units as bars ----
 const level = (x) => { let e = 0; for (let i = 0; i < x.length; i++) e += x[i] * x[i]; const rms = Math.sqrt(e / Math.max(1, x.length)); return Math.max(0, Math.min(1, (20 * Math.log10(rms + 1e-9) + 60) / 60)); };
-const ON = 0.35;  // about -39 dBFS: a voice, not a quiet room
+const ON = { mic: 0.35, voice: 0.55 };  // -39 dBFS: a voice, not a quiet room; -27 dBFS: the model's voice, not its hiss
 const history = { mic_wave: [], voice_wave: [] };
 
 function showLevel(which, v, keep = true) {  // keep: add v to the bars (false: reset the meter only)
   const mic = which === "mic";
   $(mic ? "mic_level" : "voice_level").value = v;
-  const flag = $(mic ? "hearing" : "speaking"), on = v >= ON;
+  const flag = $(mic ? "hearing" : "speaking"), on = v >= ON[which];
   flag.textContent = mic ? (on ? "hearing you" : "quiet") : (on ? "speaking" : "silent");
   flag.classList.toggle("on", on);
   if (mic) { avs.micLevel = v; avs.micPeak = Math.max(avs.micPeak, v); if (on) avs.heard += 1; }

@@ -1,16 +1,17 @@
 """The words of the shipped models' text: text_out id -> word, for clients that show a transcript.
 
-Both synthetic conversations (training/conversation.py: the tone model's "low/mid/high" + colour words;
-training/spoken.py: the speech model's "yes" + colour words) share one id space, so the union covers
-either model. The silence id maps to "" (the model says nothing); ids outside the map are not words of
-these models (a client shows them as ids).
+Both synthetic conversations share one id space: the tone model's (training/conversation.py: pitch words
+"low/mid/high" and colour words) and the speech model's (training/spoken.py: "yes" and the same colour
+words), so one table covers either model. serve may not import training (tests/test_layout.py), so the
+table is written here and tests/test_serve.py holds it equal to training's `WORDS`. The silence id maps
+to "" (the model says nothing); an id outside the table is not a word of these models.
 """
 from __future__ import annotations
 
+SILENCE = 1  # training.conversation.SIL
+WORDS = {SILENCE: "", 10: "low", 11: "mid", 12: "high", 20: "red", 21: "green", 22: "blue", 23: "yes"}
+
 
 def text_words() -> dict[str, str]:
-    """{str(text id): word} (JSON keys are strings); the silence id maps to ""."""
-    from training import conversation, spoken
-
-    words = {**conversation.WORDS, **spoken.WORDS}
-    return {str(k): ("" if k == conversation.SIL else w) for k, w in sorted(words.items())}
+    """{str(text id): word} (JSON object keys are strings); the silence id maps to ""."""
+    return {str(k): w for k, w in sorted(WORDS.items())}

@@ -20,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runtime.batch import BatchedSession  # noqa: E402
-from runtime.session import EngineSession  # noqa: E402
+from runtime.device.batch import BatchedSession  # noqa: E402
+from runtime.host.session import EngineSession  # noqa: E402
 from unitio.media import SyntheticUnits  # noqa: E402
 
 PHASES = ("encode", "think", "decode")

@@ -97,7 +97,7 @@ def env(ctx: Context) -> dict:
         out.update(gpu=props.name, sms=props.multi_processor_count, memory_gib=round(props.total_memory / 2**30, 1),
                    capability=f"{props.major}.{props.minor}", gpus=torch.cuda.device_count(),
                    plan_key=key or NO_DATASHEET)
-        from runtime.device_process import mps_running
+        from runtime.device.process import mps_running
 
         out["mps"] = mps_running()
         out["nvidia_smi"] = _version(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit",
@@ -161,8 +161,8 @@ def _time_call(call, stream, repeats: int = 20) -> float:
 def _stage_calls(system, device: str) -> dict:
     """thinker_step and flow_step bound on a full cache (steady state), captured as CUDA graphs."""
     from calibration.torch_engines import torch_device_parts
-    from runtime.device import Device, torch_dtype
-    from runtime.device_state import DeviceKVCache
+    from runtime.device.device import Device, torch_dtype
+    from runtime.device.state import DeviceKVCache
     from runtime.spec import unit_spec
 
     manifest, engines, initial = torch_device_parts(system, device)

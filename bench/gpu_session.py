@@ -150,7 +150,7 @@ def headline(ctx: Context) -> dict:
     cache fill, step and cycle times, per-phase times and model-side latency, ledger bytes against the
     tensors' bytes, peak memory; then the plan beside them. Returns the whole dict."""
     from calibration.torch_engines import torch_device_parts
-    from runtime.device_session import DeviceSession
+    from runtime.device.session import DeviceSession
     from unitio.media import split_units, synthetic_input
 
     t0 = time.perf_counter()

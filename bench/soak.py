@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runtime.bench import rss_bytes  # noqa: E402
-from runtime.session import EngineSession  # noqa: E402
+from runtime.host.session import EngineSession  # noqa: E402
 from unitio.media import SyntheticUnits  # noqa: E402
 
 COLUMNS = ("unit", "elapsed_s", "ms_per_unit", "thinker_rss_mib", "performer_rss_mib", "thinker_fds", "performer_fds",

@@ -15,7 +15,7 @@ import torch
 
 from export.stages import make_stages
 from export.verify import reference_system
-from runtime.engines import load_engines
+from runtime.host.engines import load_engines
 from runtime.manifest import read_manifest
 from unitio.timing import median_ms
 

@@ -29,7 +29,7 @@ from model_src.session import ReferenceSession
 from model_src.system import build_system
 from model_src.weights import embedded_weights, load_weights, read_preset
 from runtime.manifest import sha256
-from runtime.session import EngineSession
+from runtime.host.session import EngineSession
 from training.conversation import ConversationUnits
 from training.data import HELD_OUT_SEED, TRAIN_SEED_BASE
 from training.metrics import THRESHOLDS, evaluate

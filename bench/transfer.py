@@ -23,8 +23,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from model_src.config import PRESETS
-from runtime.kv_cache import KVBuffers
-from runtime.transport import SharedSlots
+from runtime.host.kv_cache import KVBuffers
+from runtime.host.transport import SharedSlots
 from unitio.timing import median_ms
 
 ECHO = "import sys; from multiprocessing.connection import Connection; c = Connection(int(sys.argv[1]))\n" \

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.engines import Engine
-from runtime.kv_cache import KVBuffers
+from runtime.host.engines import Engine
+from runtime.host.kv_cache import KVBuffers
 from runtime.spec import unit_spec
 from unitio.jsonsafe import loads_bounded
 
@@ -59,7 +59,7 @@ def record(system, units: list[tuple[np.ndarray, np.ndarray]], seed: int, out: s
     the SHA-256 of the weights (`weights_digest`) and `weights`, where they came from (file or seed)."""
     from safetensors.numpy import save_file
 
-    from runtime.session import EngineSession
+    from runtime.host.session import EngineSession
 
     manifest, engines, initial = torch_parts(system)
     recording = {name: RecordingEngine(e, ("k_delta", "v_delta") if name == "thinker_step" else ())

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from export.stages import StageSpec, make_stages
-from runtime.engines import Engine
+from runtime.host.engines import Engine
 from runtime.manifest import TensorSpec
 
 
@@ -55,8 +55,8 @@ def torch_device_parts(system, device: str = "cuda", batch: int = 1) -> tuple[di
     (or `BatchedSession(None, engines=...)` with `batch` rows): the stage modules of `system` (already on
     `device`, in its build's dtype and attention) run in this process on the device path, e.g.
     bench/gpu_check.py's base session without an engine build."""
-    from runtime.device import Device
-    from runtime.device_engines import TorchDeviceEngine
+    from runtime.device.device import Device
+    from runtime.device.engines import TorchDeviceEngine
 
     dev = Device(device)
     stages, engines, initial = {}, {}, {}

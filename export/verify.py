@@ -128,21 +128,21 @@ def check_stage(spec, engine, precision: str, units: int, g: torch.Generator, p:
 
 def _load(directory) -> tuple[dict, dict]:
     """(manifest, {stage: engine}): host engines for CPU builds, device engines behind a host call for GPU ones."""
-    from runtime.engines import installed_versions, load_engines
+    from runtime.host.engines import installed_versions, load_engines
     from runtime.manifest import read_manifest
 
     manifest = read_manifest(directory, installed_versions=installed_versions())
     if manifest["target"]["device"] != "cuda":
         return load_engines(directory)
-    from runtime.device import Device
-    from runtime.device_engines import HostCall, load_device_engines
+    from runtime.device.device import Device
+    from runtime.device.engines import HostCall, load_device_engines
 
     _, engines = load_device_engines(directory, Device("cuda"), manifest=manifest)
     return manifest, {name: HostCall(e) for name, e in engines.items()}
 
 
 def _kv_scales(directory, manifest) -> tuple[torch.Tensor, torch.Tensor]:
-    from runtime.engines import load_initial_state
+    from runtime.host.engines import load_initial_state
 
     s = load_initial_state(directory, manifest)["kv_cache"]
     return torch.from_numpy(s["k_scale"]), torch.from_numpy(s["v_scale"])
@@ -184,7 +184,7 @@ def _as_reference(feeds: dict[str, torch.Tensor], spec, scales) -> dict[str, tor
 
 def _run(engine, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Run a host engine (numpy) or a device engine's host call (torch) -> torch tensors on the CPU."""
-    from runtime.device_engines import HostCall
+    from runtime.device.engines import HostCall
 
     if isinstance(engine, HostCall):
         return engine.run(feeds)

@@ -1,5 +1,5 @@
 """Bytes one unit moves, by direction, from the preset alone: the transfer ledger's formula
-(runtime/ledger.py counts the same copies as they happen; tests/test_device_runtime.py holds them equal).
+(runtime/device/ledger.py counts the same copies as they happen; tests/test_device_runtime.py holds them equal).
 
 Device path, per unit:
     h2d   the user's audio (float32) and frames (uint8), text ids, the thinker's and the performer's unit

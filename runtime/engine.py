@@ -1,4 +1,4 @@
-"""The one small interface every engine backend implements (runtime/engines.py; the device path's twin is runtime/device_engines.py).
+"""The one small interface every engine backend implements (runtime/host/engines.py; the device path's twin is runtime/device/engines.py).
 
 An Engine has `inputs` / `outputs` (TensorSpec lists from the manifest) and `run({name: array}) ->
 {name: array}`; `check` compares feeds with the spec first (names, shapes, dtypes), so a wrong input

@@ -17,7 +17,7 @@ import numpy as np
 
 from unitio.units import InputError
 
-from .session import EngineSession, UnitOutput
+from .host.session import EngineSession, UnitOutput
 
 
 class LiveInput:

@@ -1,8 +1,8 @@
 """One way to open a session on an engine directory, whichever path runs it.
 
-    how = "sequential" | "pipelined"            the host path (numpy; CPU engines): runtime/session.py
+    how = "sequential" | "pipelined"            the host path (numpy; CPU engines): runtime/host/session.py
     how = "one-gpu" | "two-gpu" | "two-process"  the device path (state resident on the device):
-                                                 runtime/device_session.py (on "cpu" too, for tests)
+                                                 runtime/device/session.py (on "cpu" too, for tests)
 
 Engines built for a CUDA GPU run on the device path only: the host path would copy the whole KV cache
 and the codec states across the bus every call. Imports torch only when the device path is opened.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .manifest import ManifestError
-from .session import MODES, EngineSession
+from .host.session import MODES, EngineSession
 
 PLACEMENTS = ("one-gpu", "two-gpu", "two-process")
 HOWS = MODES + PLACEMENTS
@@ -40,8 +40,8 @@ def open_session(directory: str | Path, how: str, manifest: dict, seed: int = 0,
                                 f"(--placement one-gpu | two-gpu | two-process), not on the host path ({how})")
         return EngineSession(directory, seed=seed, expect_preset=expect_preset, threads=threads, mode=how,
                              performer_timeout_s=performer_timeout_s, nvtx=nvtx, trust=trust)
-    from .device_session import DeviceSession
-    from .session import check_worker_options
+    from .device.session import DeviceSession
+    from .host.session import check_worker_options
 
     check_worker_options(threads, performer_timeout_s)
     return DeviceSession(directory, placement=how, device=device or default_device(manifest),

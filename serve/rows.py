@@ -5,7 +5,7 @@
     rows.step({row: (audio, frames, text)}) -> {row: UnitResult}   one unit for every live row
     rows.flush(row) -> (audio, frames)                             the row's last unit's output
 
-`open_rows` picks the batched runtime (`runtime.batch.BatchedSession`) for engines built with
+`open_rows` picks the batched runtime (`runtime.device.batch.BatchedSession`) for engines built with
 `streamer build --batch B` (B > 1), and `SoloRows` for batch-1 engines: B independent sequential
 sessions on one loaded engine set, stepped one after the other (the unbatched side of
 bench/serve_load.py). numpy + runtime only.
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.engines import load_engines, load_initial_state
+from runtime.host.engines import load_engines, load_initial_state
 from runtime.manifest import read_manifest
-from runtime.session import EngineSession
+from runtime.host.session import EngineSession
 from runtime.spec import unit_spec
 from unitio.units import (
     InputError,
@@ -38,7 +38,7 @@ class RowsFull(ValueError):
 def full_errors() -> tuple[type, ...]:
     """The RowsFull classes to catch: ours, and the batched runtime's where it is in use (never imported
     here: it imports torch, which the unbatched rows do not need)."""
-    batch = sys.modules.get("runtime.batch")
+    batch = sys.modules.get("runtime.device.batch")
     return (RowsFull, batch.RowsFull) if batch is not None else (RowsFull,)
 
 
@@ -120,7 +120,7 @@ def open_rows(directory: str | Path, slots: int | None, threads: int | None = No
     batch, manifest = engine_batch(directory, trust)
     device = "cuda" if manifest["target"]["device"] == "cuda" else "cpu"
     if batch > 1 and kind != "unbatched":
-        from runtime.batch import (
+        from runtime.device.batch import (
             BatchedSession,  # torch (the device path): imported before any engine loads
         )
 

@@ -48,7 +48,7 @@ def session_against_torch(engines, n_units: int, seed: int):
     from export.verify import reference_system
     from runtime.manifest import read_manifest
     from runtime.open_session import default_how, open_session
-    from runtime.session import EngineSession
+    from runtime.host.session import EngineSession
 
     manifest = read_manifest(engines)
     how = "sequential" if default_how(manifest) == "pipelined" else default_how(manifest)  # GPU: the device path

@@ -116,7 +116,7 @@ def eval_command(args) -> int:
     seeds = range(first, first + args.conversations)
     if args.engines is not None:
         from runtime.manifest import read_manifest
-        from runtime.session import EngineSession
+        from runtime.host.session import EngineSession
         from runtime.spec import unit_spec
 
         manifest = read_manifest(args.engines)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from helpers import report
-from runtime.batch import BatchedSession, RowsFull
-from runtime.session import EngineSession
+from runtime.device.batch import BatchedSession, RowsFull
+from runtime.host.session import EngineSession
 from unitio.media import split_units, synthetic_input
 from unitio.units import InputError
 

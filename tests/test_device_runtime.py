@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from helpers import assert_same_outputs, report
-from runtime.device_session import DeviceSession
+from runtime.device.session import DeviceSession
 from runtime.manifest import ManifestError
 from runtime.open_session import open_session
-from runtime.session import EngineSession
+from runtime.host.session import EngineSession
 from streamer.cli import main
 from unitio.media import split_units, synthetic_input
 from unitio.units import InputError
@@ -106,8 +106,8 @@ def test_fp8_append_quantizes_like_the_reference(tiny):
     from types import SimpleNamespace
 
     from model_src.kv_cache import append_unit, init_cache
-    from runtime.device import Device
-    from runtime.device_state import DeviceKVCache
+    from runtime.device.device import Device
+    from runtime.device.state import DeviceKVCache
 
     g = torch.Generator().manual_seed(0)
     shape = (tiny.n_layers, 1, tiny.n_kv_heads, tiny.cache_capacity, tiny.head_dim)
@@ -148,8 +148,8 @@ def test_aoti_packages_load_single_threaded_where_cuda_graphs_capture_them(monke
     import inspect
     from types import SimpleNamespace
 
-    from runtime.device import Device
-    from runtime.device_engines import load_aoti
+    from runtime.device.device import Device
+    from runtime.device.engines import load_aoti
 
     real = torch._inductor.aoti_load_package
     calls = []

@@ -1,6 +1,6 @@
 """The CPU twin of the GPU data path, in the forms the GPU runs it: bf16/fp16 builds (in-process torch stage
 modules in that dtype on the device path) against the fp32 reference session, emulated CUDA graphs and
-deferred streams (runtime/device_twin.py), with a bug of each class planted back to show the check
+deferred streams (runtime/device/twin.py), with a bug of each class planted back to show the check
 catches it."""
 import numpy as np
 import pytest
@@ -10,8 +10,8 @@ from calibration.torch_engines import torch_device_parts, torch_parts
 from helpers import assert_same_outputs, report
 from model_src.system import build_system
 from model_src.weights import embedded_weights, load_weights
-from runtime.device_session import DeviceSession
-from runtime.session import EngineSession
+from runtime.device.session import DeviceSession
+from runtime.host.session import EngineSession
 from unitio.media import split_units, synthetic_input
 
 UNITS = 6
@@ -123,7 +123,7 @@ def test_batched_bf16_rows_read_y_k_minus_1(tiny, fp32_reference, monkeypatch):
     with the old cast order planted back (eagerly), y_1 already falls outside them (2 units suffice)."""
     from types import SimpleNamespace
 
-    from runtime.batch import BatchedSession
+    from runtime.device.batch import BatchedSession
 
     parts = torch_device_parts(_trained(tiny, torch.bfloat16), "cpu", batch=2)
     units = fp32_reference[0]
@@ -151,13 +151,13 @@ def test_batched_bf16_rows_read_y_k_minus_1(tiny, fp32_reference, monkeypatch):
     assert not _within(runs[True]) and runs[True]["min_cos"] < 0.9, runs[True]
 
 
-# --- CUDA graphs and streams on the CPU twin (runtime/device_twin.py) -----------------------------------------
+# --- CUDA graphs and streams on the CPU twin (runtime/device/twin.py) -----------------------------------------
 def test_twin_streams_defer_until_a_wait_and_graphs_replay_only_tensor_work():
     """The twin's rules on bare tensors: a side stream's write is not there before a wait or sync orders
     it; a replay re-runs the captured tensor ops on the same tensors (new inputs, new outputs) but not the
     Python around them (a counter stays at its capture value); a host read during capture raises."""
-    from runtime.device import Device
-    from runtime.device_twin import CaptureError
+    from runtime.device.device import Device
+    from runtime.device.twin import CaptureError
 
     d = Device("cpu")
     side, main = d.stream(), d.stream(high_priority=True)
@@ -229,7 +229,7 @@ def test_host_side_work_inside_a_captured_phase_is_caught_by_the_emulated_graph(
     """The cache append planted with the unit index counted on the host (a Python int made a tensor inside
     the think phase): eager, it is right (bitwise the reference); captured, the replay keeps the capture's
     value for every unit, as a CUDA graph would, and the outputs differ."""
-    from runtime.device_state import DeviceKVCache
+    from runtime.device.state import DeviceKVCache
 
     append, reset = DeviceKVCache.append, DeviceKVCache.reset
 
@@ -256,7 +256,7 @@ def test_host_side_work_inside_a_captured_phase_is_caught_by_the_emulated_graph(
 def test_a_missing_stream_wait_reads_stale_latents_on_the_twin(tiny_ort_engines, ort_reference, monkeypatch):
     """The thinker's wait for the performer's event removed: its copy of y_(k-1) runs before the solve it
     needs (the performer's stream is deferred until something orders it) and the outputs differ."""
-    from runtime.device import Device
+    from runtime.device.device import Device
 
     units, want, want_last = ort_reference
     wait = Device.wait

@@ -10,7 +10,7 @@ import pytest
 
 from export.onnx_export import ExportCheckError, check_tensorrt_ops, tensorrt_ops
 from helpers import report
-from runtime.engines import EngineInputError, load_engines
+from runtime.host.engines import EngineInputError, load_engines
 from runtime.manifest import ManifestError, read_manifest
 from streamer.cli import main
 
@@ -102,8 +102,8 @@ def test_engine_feeds_are_checked(engines):
 
 
 def test_runtime_imports_neither_torch_nor_model_src():
-    code = ("import sys, runtime.session, runtime.engines, runtime.manifest, runtime.performer, runtime.live, "
-            "runtime.bench, runtime.transport, runtime.trace; "
+    code = ("import sys, runtime.host.session, runtime.host.engines, runtime.manifest, runtime.host.performer, runtime.live, "
+            "runtime.bench, runtime.host.transport, runtime.trace; "
             "bad = [m for m in ('torch', 'model_src') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -116,7 +116,7 @@ def test_aoti_package_of_a_stage_runs_through_the_runtime(tmp_path, tiny_system)
 
     from export.aoti_export import export_stage_aoti
     from export.stages import make_stages
-    from runtime.engines import AotiEngine
+    from runtime.host.engines import AotiEngine
 
     spec = next(s for s in make_stages(tiny_system) if s.name == "video_enc")
     inputs, outputs = export_stage_aoti(spec, tmp_path / "video_enc.pt2")

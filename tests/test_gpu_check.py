@@ -91,11 +91,11 @@ def test_the_default_prime_fills_the_ring():
 
 
 def test_a_planted_import_of_rich_fails_the_headline(tmp_path):
-    """The mutation: runtime.device_session, on the headline's path, imports rich. Without the finder it
+    """The mutation: runtime.device.session, on the headline's path, imports rich. Without the finder it
     imports (rich is installed here); behind it the section fails, and the JSON and markdown say so."""
-    env = _plant(tmp_path, "runtime.device_session", "import")
+    env = _plant(tmp_path, "runtime.device.session", "import")
     assert importlib.util.find_spec("rich") is not None
-    plain = subprocess.run([sys.executable, "-P", "-c", "import runtime.device_session, sys; print('rich' in sys.modules)"],
+    plain = subprocess.run([sys.executable, "-P", "-c", "import runtime.device.session, sys; print('rich' in sys.modules)"],
                            cwd="/", capture_output=True, text=True, timeout=120, env={**os.environ, **env,
                                                                                     "PYTHONPATH": f"{env['PYTHONPATH']}:{ROOT}"})
     assert plain.stdout.strip() == "True", plain.stderr[-2000:]
@@ -109,7 +109,7 @@ def test_a_planted_import_of_rich_fails_the_headline(tmp_path):
 
 
 def test_the_deadline_kills_a_hung_section(tmp_path):
-    env = _plant(tmp_path, "runtime.device_session", "hang")
+    env = _plant(tmp_path, "runtime.device.session", "hang")
     t0 = time.monotonic()
     run = _run(["--dry-run", "--deadline-s", "15", "--sections", "session", "--out", str(tmp_path)], env, timeout=120)
     took = time.monotonic() - t0

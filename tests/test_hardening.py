@@ -246,16 +246,16 @@ def test_pad_and_trim_say_what_to_do_with_unequal_lengths(tmp_path, tiny):
 
 def _streamed(tmp_path, tiny_ort_engines, monkeypatch, capsys, fail_at, error):
     """run --engines (sequential) with `error` raised at the unit `fail_at` -> (exit code, stderr, out folder)."""
-    import runtime.session
+    import runtime.host.session
 
-    real = runtime.session.EngineSession.step
+    real = runtime.host.session.EngineSession.step
 
     def step(self, *a, **kw):
         if self.unit_index == fail_at:
             raise error
         return real(self, *a, **kw)
 
-    monkeypatch.setattr(runtime.session.EngineSession, "step", step)
+    monkeypatch.setattr(runtime.host.session.EngineSession, "step", step)
     out = tmp_path / "o"
     code, err = _cli(["run", "--engines", tiny_ort_engines, "--sequential", "--units", "6", "--out", out], capsys)
     return code, err, out
@@ -277,7 +277,7 @@ def _kept_units(out, tiny):
 
 
 def test_a_performer_fault_keeps_what_was_streamed_and_exits_3(tmp_path, tiny, tiny_ort_engines, monkeypatch, capsys):
-    from runtime.performer import PerformerError
+    from runtime.host.performer import PerformerError
 
     code, err, out = _streamed(tmp_path, tiny_ort_engines, monkeypatch, capsys, 4,
                                PerformerError("performer hung: no answer after 1.0 s solving unit 3"))

@@ -225,8 +225,8 @@ def test_children_never_see_the_cwd_and_see_the_parents_user_site(monkeypatch):
 
     from runtime import child
 
-    argv = child.child_argv("runtime.performer", "{}")
-    assert argv[:2] == [sys.executable, "-P"] and argv[-3:] == ["-m", "runtime.performer", "{}"]
+    argv = child.child_argv("runtime.host.performer", "{}")
+    assert argv[:2] == [sys.executable, "-P"] and argv[-3:] == ["-m", "runtime.host.performer", "{}"]
     assert ("-s" in argv) == bool(sys.flags.no_user_site)
     monkeypatch.setattr(child.sys, "flags", types.SimpleNamespace(no_user_site=1))
     assert "-s" in child.child_argv("m")

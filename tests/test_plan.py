@@ -64,7 +64,7 @@ def test_the_plans_bus_formula_is_the_ledgers(tiny_ort_engines):
     """The bytes `streamer plan` predicts per unit are the bytes the device path's ledger counts."""
     import numpy as np
 
-    from runtime.device_session import DeviceSession
+    from runtime.device.session import DeviceSession
     from unitio.media import split_units, synthetic_input
 
     p = get_preset("tiny")

@@ -101,8 +101,8 @@ def test_fp8_cache_exports_per_layer_inputs_into_the_fp8_plugin(tmp_path, tiny):
 def test_verify_judges_each_precision_by_its_tolerance(tiny):
     """A bf16 flow_step passes bf16's tolerance and fails fp32's; an FP8 cache passes FP8's."""
     from export.verify import check_stage
-    from runtime.device import Device
-    from runtime.device_engines import HostCall, TorchDeviceEngine
+    from runtime.device.device import Device
+    from runtime.device.engines import HostCall, TorchDeviceEngine
     from runtime.manifest import TensorSpec
 
     reference = next(s for s in make_stages(build_system(tiny, seed=0)) if s.name == "flow_step")

@@ -14,8 +14,8 @@ import pytest
 from helpers import assert_same_outputs, report
 from runtime.bench import rss_bytes
 from runtime.live import LiveInput, replay, run_live
-from runtime.performer import PerformerError
-from runtime.session import EngineSession
+from runtime.host.performer import PerformerError
+from runtime.host.session import EngineSession
 from streamer.cli import main
 from unitio.media import split_units, synthetic_input
 from unitio.units import InputError
@@ -188,7 +188,7 @@ def test_a_performer_hanging_at_start_is_caught_by_the_timeout(monkeypatch):
     """Start-up is bounded too (10x --performer-timeout): a child that never says READY is refused, killed."""
     from types import SimpleNamespace
 
-    import runtime.performer as performer
+    import runtime.host.performer as performer
 
     def sleeper(module, config, fd):  # a performer that hangs while loading its engines
         return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], pass_fds=(fd,))
@@ -198,7 +198,7 @@ def test_a_performer_hanging_at_start_is_caught_by_the_timeout(monkeypatch):
     handle.slots = SimpleNamespace(close=lambda: None)
     t0 = time.perf_counter()
     with pytest.raises(PerformerError, match="hung: no answer after 2.0 s starting"):
-        handle._start("runtime.performer", {}, timeout_s=0.2)
+        handle._start("runtime.host.performer", {}, timeout_s=0.2)
     assert time.perf_counter() - t0 < 10 and handle.process.returncode is not None  # killed and reaped
 
 

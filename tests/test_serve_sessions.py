@@ -114,7 +114,7 @@ def test_health_before_any_unit_is_valid_json():
 
 def _solo(engines, seed: int, units) -> list:
     """What a solo sequential session gives for `units`: [(tokens, audio, frames) per step] + the flush."""
-    from runtime.session import EngineSession
+    from runtime.host.session import EngineSession
 
     with EngineSession(engines, seed=seed, mode="sequential", threads=1) as s:
         out = [s.step(a, f) for a, f in units]

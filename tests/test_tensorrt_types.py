@@ -21,7 +21,7 @@ from helpers import report
 ROOT = Path(__file__).resolve().parent.parent
 WHEELS = Path(os.environ.get("TRT_TYPES_DIR", Path.home() / ".cache" / "av-streamer" / "trt-types"))
 STRICT = ["export/tensorrt_build.py", "kernels/tensorrt_plugin.py"]  # whole files: every error counts
-SCOPED = ["runtime/device_engines.py"]  # errors count inside the top-level classes / functions using TensorRT
+SCOPED = ["runtime/device/engines.py"]  # errors count inside the top-level classes / functions using TensorRT
 CONFIG = """[mypy]
 python_version = 3.11
 mypy_path = {types}
@@ -34,7 +34,7 @@ cache_dir = {cache}
 follow_imports = normal
 ignore_errors = True
 
-[mypy-runtime.device_engines]
+[mypy-runtime.device.engines]
 # TrtDeviceEngine._bound starts as None and later holds a binding's key (an object): typing, not a call
 disable_error_code = assignment
 """
@@ -188,7 +188,7 @@ def test_tensorrt_calls_type_check_and_a_wrong_name_fails(tmp_path):
     for name in ("register", "aot_impl", "impl", "TensorDesc", "Tensor", "KernelLaunchParams", "SymInt32",
                  "SymIntExprs", "from_shape_expr"):
         assert f"import {name} as {name}" in exports, f"tensorrt.plugin has no {name} in this wheel"
-    assert tensorrt_scopes(ROOT / "runtime/device_engines.py"), "TrtDeviceEngine no longer imports tensorrt?"
+    assert tensorrt_scopes(ROOT / "runtime/device/engines.py"), "TrtDeviceEngine no longer imports tensorrt?"
     status, out = _mypy([ROOT / f for f in STRICT + SCOPED], types, tmp_path)
     errors = counted_errors(out)
     report(f"mypy over {', '.join(STRICT + SCOPED)} against tensorrt-stubs ({repaired} generated "

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from .device import Device, torch_dtype
-from .engine import EngineInputError
-from .manifest import ManifestError, TensorSpec
+from ..engine import EngineInputError
+from ..manifest import ManifestError, TensorSpec
 
 Call = Callable[[], None]
 
@@ -181,8 +181,8 @@ def load_device_engines(directory: str | Path, device: Device, stages: list[str]
     """(manifest, {stage: DeviceEngine}) of an engine directory, for tensors on `device` (its manifest
     checked here, with its signature against `trust` where given, unless the caller checked it); `graphs`:
     whether the engines will be captured in CUDA graphs (None: on a GPU, as the sessions' default)."""
-    from .engines import installed_versions
-    from .manifest import read_manifest, stage_io
+    from ..host.engines import installed_versions
+    from ..manifest import read_manifest, stage_io
 
     directory = Path(directory)
     manifest = manifest or read_manifest(directory, installed_versions=installed_versions(), trust=trust)
@@ -211,7 +211,7 @@ def load_device_engines(directory: str | Path, device: Device, stages: list[str]
 class HostCall:
     """A DeviceEngine run from host tensors, one call at a time (`streamer verify`, polygraphy): its feeds
     copied in, the engine run once, its outputs copied out. Not the unit path: that binds once and
-    moves only a unit's inputs and outputs (runtime/device_session.py)."""
+    moves only a unit's inputs and outputs (runtime/device/session.py)."""
 
     def __init__(self, engine: DeviceEngine) -> None:
         self.engine, self.inputs, self.outputs = engine, engine.inputs, engine.outputs

@@ -6,7 +6,7 @@ fails with a message naming expected and received, not inside the backend.
 This is the host path (numpy in and out, CPU engines): "ort" (onnxruntime) and "aoti" (CPU
 AOTInductor packages: torch, no model_src), each imported only when such an engine is loaded; this
 module imports neither torch nor model_src itself. Engines for a GPU (trt, aoti --device cuda) run on
-the device path (runtime/device_engines.py), bound once to device-resident buffers.
+the device path (runtime/device/engines.py), bound once to device-resident buffers.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import Engine, EngineInputError  # noqa: F401  (the interface, re-exported)
-from .manifest import ManifestError, read_manifest, stage_io
+from ..engine import Engine, EngineInputError  # noqa: F401  (the interface, re-exported)
+from ..manifest import ManifestError, read_manifest, stage_io
 
 
 class OrtEngine(Engine):
@@ -107,7 +107,7 @@ def load_engines(directory: str | Path, expect_preset: str | None = None, thread
     manifest = read_manifest(directory, expect_preset, installed_versions(), trust=trust)
     if manifest["target"]["device"] == "cuda":
         raise ManifestError(f"{directory} holds {manifest['backend']} engines for a CUDA GPU: they run on the device "
-                            f"path, with the cache and codec states resident there (runtime/device_session.py, "
+                            f"path, with the cache and codec states resident there (runtime/device/session.py, "
                             f"`--placement one-gpu`), not on this host path")
     kind = ENGINE_TYPES.get(manifest["backend"])
     if kind is None:

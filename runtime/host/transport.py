@@ -7,7 +7,7 @@ move between the thinker and performer processes without pickling or allocating 
     slots.view(k % 2, "k_delta")[...] = delta            # one memcpy; the view is made once
 
 This is the host path's transport (CPU engines). On a GPU the device path keeps the cache on the
-device and moves only the delta (runtime/device_performer.py, runtime/exchange.py).
+device and moves only the delta (runtime/device/performer.py, runtime/device/exchange.py).
 """
 from __future__ import annotations
 

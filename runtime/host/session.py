@@ -29,14 +29,14 @@ from unitio.units import (
     check_text_unit,
 )
 
-from .child import claim_core
+from ..child import claim_core
 from .engines import load_engines, load_initial_state
 from .kv_cache import KVBuffers
 from .performer import LocalPerformer, PerformerProcess
 from .solver import FlowSolver
-from .spec import unit_spec
+from ..spec import unit_spec
 from .thinker import Thinker
-from .trace import SpanLog
+from ..trace import SpanLog
 
 MODES = ("sequential", "pipelined")
 
@@ -60,7 +60,7 @@ class UnitOutput:
 
 
 class StreamOrder:
-    """What both sessions share (this host path, and runtime/device_session.py): the order in which a
+    """What both sessions share (this host path, and runtime/device/session.py): the order in which a
     unit's output leaves (at the next step, early by `decode_ready`, or at `flush`), and closing as a
     context manager. Subclasses keep `unit_index`, `received`, `decoded`, `performer` and `_decode_through`."""
 
@@ -93,7 +93,7 @@ class EngineSession(StreamOrder):
     a core no other session holds, when threads == 1); performer_timeout_s: seconds without a result
     before it counts as hung (10x that for start-up); trust: a public key the directory must be signed
     with (checked here and again by the performer as it loads). CPU engines only: GPU engines run on
-    the device path (runtime/device_session.py)."""
+    the device path (runtime/device/session.py)."""
 
     def __init__(self, directory: str | Path, seed: int = 0, expect_preset: str | None = None,
                  threads: int | None = None, mode: str = "sequential", performer_timeout_s: float | None = None,

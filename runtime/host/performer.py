@@ -3,7 +3,7 @@
 Two forms behind one interface (`submit(k, k_delta, v_delta)`, `result(k) -> (y_audio, y_video)`):
 
 - `LocalPerformer`: in the thinker's process, solving inside `submit` (the sequential reference).
-- `PerformerProcess`: a second process (`python -m runtime.performer`); tensors travel through a
+- `PerformerProcess`: a second process (`python -m runtime.host.performer`); tensors travel through a
   double-buffered shared-memory block (`SharedSlots`), the pipe carries only
   8-byte messages (op, unit). Death is noticed at once (EOF on the pipe), a hang after
   `timeout_s` (start-up included); either raises `PerformerError`, and the process is stopped and
@@ -26,11 +26,11 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .child import start_child
+from ..child import start_child
 from .kv_cache import KVBuffers
 from .solver import FlowSolver
-from .spec import exchange_layout
-from .trace import SpanLog
+from ..spec import exchange_layout
+from ..trace import SpanLog
 from .transport import SharedSlots
 
 UNIT, STOP, READY, RESULT, ERROR = 1, 2, 3, 4, 5
@@ -86,7 +86,7 @@ class PerformerProcess:
         self.slots = SharedSlots.create(exchange_layout(spec), n_slots=2)
         config = {"directory": str(Path(directory).resolve()), "shm": self.slots.name, "seed": seed,
                   "threads": threads, "core": core, "trust": str(trust) if trust else None}
-        warm_ms = self._start("runtime.performer", config, timeout_s)
+        warm_ms = self._start("runtime.host.performer", config, timeout_s)
         # a hang: no result within `timeout_s`, by default 10x a warm solve (at least 2 s)
         self.timeout_s = timeout_s or max(2.0, 10 * spec.flow_steps * warm_ms / 1000.0)
 
@@ -186,7 +186,7 @@ def performer_main(directory: str, shm_name: str, conn: Connection, seed: int, t
     slots = None
     try:
         from .engines import load_engines
-        from .spec import unit_spec
+        from ..spec import unit_spec
 
         manifest, engines = load_engines(directory, threads=threads, stages=["flow_step"], trust=trust)
         spec = unit_spec(manifest)

@@ -8,7 +8,7 @@ import numpy as np
 
 from unitio.units import unit_noise
 
-from .engine import Engine, check_finite
+from ..engine import Engine, check_finite
 from .kv_cache import KVBuffers
 
 

@@ -1,6 +1,6 @@
 """A streaming session whose state lives on the engines' device: the GPU data path (and its CPU twin).
 
-One unit k reads top to bottom in `step`, as in runtime/session.py:
+One unit k reads top to bottom in `step`, as in runtime/host/session.py:
 
     encode u_k              inputs h2d (audio, uint8 frames, text, index); encoders on the device
     wait for y_(k-1)        the thinker's stream waits for the performer's event; y copied on the device
@@ -12,7 +12,7 @@ The KV cache and codec states are allocated once on the device and never cross t
 goes through the TransferLedger (`ledger.per_unit()`). Placements: one-gpu (one process, two streams,
 one cache), two-gpu (the performer on a second GPU with its own cache), two-process (a second process
 on the same GPU, delta and y_k through CUDA IPC). On device "cpu" the same code runs on the CPU twin
-(runtime/device_twin.py: streams that defer their work until a wait or sync orders it, and emulated CUDA
+(runtime/device/twin.py: streams that defer their work until a wait or sync orders it, and emulated CUDA
 graphs with graphs=True), so CI tests it (outputs equal the sequential reference; the ledger's bytes).
 """
 from __future__ import annotations
@@ -25,16 +25,16 @@ import numpy as np
 from unitio.units import UnitResult, check_audio_unit, check_frames_unit, check_text_unit
 
 from .device import Device, torch_dtype
-from .device_engines import load_device_engines
-from .device_performer import SharedCachePerformer, TwoDevicePerformer
-from .device_state import DeviceKVCache
-from .device_thinker import DeviceThinker
-from .engine import check_finite
-from .engines import load_initial_state
+from .engines import load_device_engines
+from .performer import SharedCachePerformer, TwoDevicePerformer
+from .state import DeviceKVCache
+from .thinker import DeviceThinker
+from ..engine import check_finite
+from ..host.engines import load_initial_state
 from .ledger import TransferLedger
-from .session import StreamOrder, UnitOutput
-from .spec import unit_spec
-from .trace import SpanLog
+from ..host.session import StreamOrder, UnitOutput
+from ..spec import unit_spec
+from ..trace import SpanLog
 
 PLACEMENTS = ("one-gpu", "two-gpu", "two-process")
 THINKER_STAGES = ["audio_enc", "video_enc", "thinker_step", "audio_dec", "video_dec"]
@@ -63,8 +63,8 @@ class DeviceSession(StreamOrder):
         if engines is not None:
             manifest, loaded, initial = engines
         else:
-            from .manifest import read_manifest
-            from .engines import installed_versions
+            from ..manifest import read_manifest
+            from ..host.engines import installed_versions
 
             manifest = read_manifest(directory, expect_preset, installed_versions(), trust=trust)
             manifest, loaded = load_device_engines(directory, self.device, stages, threads, manifest, graphs=graphs)
@@ -106,7 +106,7 @@ class DeviceSession(StreamOrder):
             _, flow = load_device_engines(directory, other, ["flow_step"], threads, self.manifest, graphs=self._graphs)
             return TwoDevicePerformer(flow["flow_step"], s, self.device, other, self.stream, self.ledger, self.seed,
                                       initial.get("kv_cache"), torch_dtype(s.delta_dtype))
-        from .device_process import ProcessDevicePerformer
+        from .process import ProcessDevicePerformer
 
         return ProcessDevicePerformer(directory, s, self.seed, self.log, self.ledger, self.device, self.stream,
                                       threads=threads, timeout_s=timeout_s, trust=trust, graphs=self._graphs)

@@ -1,7 +1,7 @@
 """The performer's work on a device: N Euler steps of flow_step from the unit's seeded noise, the
 latents and the update resident on the device (one call; a CUDA graph on a GPU).
 
-The same arithmetic as runtime/solver.py and model_src.flow.euler_solve (rectified flow, t from 0 to
+The same arithmetic as runtime/host/solver.py and model_src.flow.euler_solve (rectified flow, t from 0 to
 1 in equal steps, y <- y + dt * v in float32), so a device session's outputs equal the reference's.
 flow_step is bound once per step (each step's t is its own constant tensor), the latents it reads are
 cast to its input dtype on the device (bf16 builds), the velocity comes back in float32.
@@ -16,8 +16,8 @@ import torch
 from unitio.units import unit_noise
 
 from .device import Device, host_view, torch_dtype
-from .device_engines import DeviceEngine
-from .device_state import DeviceKVCache
+from .engines import DeviceEngine
+from .state import DeviceKVCache
 from .ledger import TransferLedger
 
 

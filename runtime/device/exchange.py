@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .device import Device, torch_dtype
-from .transport import Layout, slot_offsets
+from ..host.transport import Layout, slot_offsets
 
 
 def _offsets(layout: Layout, n_slots: int) -> tuple[dict[tuple[int, str], int], int]:

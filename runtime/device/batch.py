@@ -24,15 +24,15 @@ import numpy as np
 from unitio.units import InputError, UnitResult, check_audio_unit, check_frames_unit, check_text_unit
 
 from .device import Device
-from .device_engines import load_device_engines
-from .device_performer import SharedCachePerformer
-from .device_state import DeviceKVCache
-from .device_thinker import DeviceThinker
-from .engine import check_finite
-from .engines import installed_versions, load_initial_state
+from .engines import load_device_engines
+from .performer import SharedCachePerformer
+from .state import DeviceKVCache
+from .thinker import DeviceThinker
+from ..engine import check_finite
+from ..host.engines import installed_versions, load_initial_state
 from .ledger import TransferLedger
-from .manifest import read_manifest
-from .spec import unit_spec
+from ..manifest import read_manifest
+from ..spec import unit_spec
 
 STAGES = ["audio_enc", "video_enc", "thinker_step", "flow_step", "audio_dec", "video_dec"]
 

@@ -23,8 +23,8 @@ from types import SimpleNamespace
 from .device import Device
 from .exchange import Exchange
 from .ledger import DIRECTIONS, TransferLedger
-from .performer import MESSAGE, READY, RESULT, STOP, PerformerProcess, send_failure
-from .trace import SpanLog
+from ..host.performer import MESSAGE, READY, RESULT, STOP, PerformerProcess, send_failure
+from ..trace import SpanLog
 
 REPORT = struct.Struct("<3q4d")  # after a RESULT message: the performer's h2d, d2h, d2d bytes; its spans
 
@@ -57,7 +57,7 @@ class ProcessDevicePerformer(PerformerProcess):
         config = {"directory": str(Path(directory).resolve()), "exchange": self.slots.handle, "seed": seed,
                   "threads": threads, "device": str(device), "trust": str(trust) if trust else None,
                   "graphs": graphs}
-        warm_ms = self._start("runtime.device_process", config, timeout_s)
+        warm_ms = self._start("runtime.device.process", config, timeout_s)
         self.timeout_s = timeout_s or max(2.0, 10 * warm_ms / 1000.0)
         self._unit = -1
 
@@ -101,11 +101,11 @@ def device_performer_main(cfg: dict, conn: Connection) -> None:
     try:
         import torch
 
-        from .device_engines import load_device_engines
-        from .device_solver import DeviceSolver
-        from .device_state import DeviceKVCache
-        from .engines import load_initial_state
-        from .spec import unit_spec
+        from .engines import load_device_engines
+        from .solver import DeviceSolver
+        from .state import DeviceKVCache
+        from ..host.engines import load_initial_state
+        from ..spec import unit_spec
 
         device = Device(cfg["device"])
         graphs = cfg.get("graphs")

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from .device import Device
-from .device_engines import DeviceEngine
-from .device_solver import DeviceSolver
-from .device_state import DeviceKVCache
+from .engines import DeviceEngine
+from .solver import DeviceSolver
+from .state import DeviceKVCache
 from .ledger import TransferLedger
-from .performer import PerformerError
+from ..host.performer import PerformerError
 
 
 class SharedCachePerformer:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from .device import Device, host_view, torch_dtype
-from .device_engines import DeviceEngine
-from .device_state import DeviceKVCache, PingPong
+from .engines import DeviceEngine
+from .state import DeviceKVCache, PingPong
 from .ledger import TransferLedger
 
 

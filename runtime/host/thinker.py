@@ -9,7 +9,7 @@ import numpy as np
 
 from unitio.units import frames_to_model, model_to_frames
 
-from .engine import Engine, check_finite
+from ..engine import Engine, check_finite
 from .kv_cache import KVBuffers
 
 States = dict[str, np.ndarray]

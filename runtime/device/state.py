@@ -5,7 +5,7 @@ or FP8 E4M3 with per-layer, per-KV-head scales), and cache_len [B]; B rows are B
 (B = 1 but for engines built with `--batch B`), each at its own unit. `append` writes a unit's delta
 into its ring slot in place, with the slot computed on the device from the unit index tensor, so the
 append is capturable in the thinker's CUDA graph; an FP8 cache quantizes the delta as it writes it
-(the same arithmetic as model_src.kv_cache.quantize_fp8). The same ring as runtime/kv_cache.py and
+(the same arithmetic as model_src.kv_cache.quantize_fp8). The same ring as runtime/host/kv_cache.py and
 model_src/kv_cache.py: `sink_units` slots kept, then a window of `window_units` slots.
 
 `PingPong`: a codec's state tensors twice; a call reads one set and writes the other, `flip` after the

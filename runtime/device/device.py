@@ -2,7 +2,7 @@
 
 On "cuda:N": streams (the performer's at a higher priority), events for the dependencies between them,
 page-locked host buffers so host<->device copies are asynchronous DMA, CUDA graphs. On "cpu": the same
-calls on the CPU twin (runtime/device_twin.py): streams defer their work until an event wait or a sync
+calls on the CPU twin (runtime/device/twin.py): streams defer their work until an event wait or a sync
 orders it, and `capture` records a graph whose replay re-runs only the recorded tensor ops and engine
 calls, so the device path's ordering and capture bugs show on a CPU (`Device("cpu", twin=False)`: no
 streams, events or graphs, everything in order). The runtime imports torch only here and in the
@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import device_twin
+from . import twin as device_twin
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -123,7 +123,7 @@ class Device:
     def capture(self, call: Callable[[], None], stream, warmup: int = 2) -> Callable[[], None]:
         """`call` captured once as a CUDA graph on `stream` (after `warmup` plain runs: allocations and
         autotuning happen before the capture), returned as its replay; on the CPU twin an emulated graph
-        (runtime/device_twin.py); on a CPU without it, `call` itself."""
+        (runtime/device/twin.py); on a CPU without it, `call` itself."""
         if not self.cuda:
             return device_twin.capture(call, stream, min(warmup, 1)) if self.twin else call
         with torch.cuda.device(self.torch):

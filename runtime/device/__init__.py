@@ -1,0 +1,1 @@
+"""The device path: session state resident on a torch device (a GPU, or the CPU twin); imports torch."""

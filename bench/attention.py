@@ -66,7 +66,9 @@ def inputs(b, hq, hkv, n_q, cache_len, dtype, capacity=None, device="cuda", d=D)
 
 def fp8_cache(ck, cv):
     """The cache in FP8 E4M3 with per-KV-head scales: (ck8, cv8, k_scale, v_scale)."""
-    ks, vs = ck.float().abs().amax(dim=(0, 2, 3)) / 448, cv.float().abs().amax(dim=(0, 2, 3)) / 448
+    from unitio.names import FP8_E4M3_MAX
+
+    ks, vs = (c.float().abs().amax(dim=(0, 2, 3)) / FP8_E4M3_MAX for c in (ck, cv))
     return ((ck.float() / ks[None, :, None, None]).to(torch.float8_e4m3fn),
             (cv.float() / vs[None, :, None, None]).to(torch.float8_e4m3fn), ks, vs)
 

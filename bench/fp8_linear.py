@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-E4M3_MAX = 448.0
+from unitio.names import FP8_E4M3_MAX as E4M3_MAX
 
 
 class FP8Linear(nn.Module):

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from export.stages import make_stages
+from unitio.names import FP8_E4M3_MAX, TRANSFORMER_STAGES
 
 from .record import stage_feeds
 
-QUANTIZED_STAGES = ("thinker_step", "flow_step")
+QUANTIZED_STAGES = TRANSFORMER_STAGES  # the codecs stay in higher precision
 ALGORITHMS = {"int8": ("max", "smoothquant"), "fp8": ("max",)}
-FP8_E4M3_MAX = 448.0
 
 
 def import_modelopt():
@@ -82,7 +82,7 @@ def quantizer_count(module: torch.nn.Module) -> int:
 
 def kv_scales(tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """FP8 E4M3 scales of the KV cache per layer and KV head, from the recorded deltas:
-    amax over units, tokens and head dim / 448 -> (k_scale, v_scale), each float32 [L, Hkv]."""
+    amax over units, tokens and head dim / FP8_E4M3_MAX -> (k_scale, v_scale), each float32 [L, Hkv]."""
     def scale(d: np.ndarray) -> np.ndarray:  # d [units, L, 1, Hkv, T, D]
         amax = np.abs(d).max(axis=(0, 2, 4, 5))
         return (np.maximum(amax, 1e-8) / FP8_E4M3_MAX).astype(np.float32)

@@ -27,8 +27,6 @@ from torch import nn
 from model_src.kv_cache import init_cache
 from model_src.system import AVSystem
 
-STAGE_NAMES = ("audio_enc", "video_enc", "thinker_step", "flow_step", "audio_dec", "video_dec")
-
 
 @dataclass
 class StageSpec:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_src.config import Preset
+from unitio.names import PLACEMENTS
 
 from .assumptions import DATASHEET, GRAPHS_PER_UNIT, Figure, check_measured, figures_for
 from .count import ELEMENT, StageCost, count_stages
@@ -34,7 +35,6 @@ LATENCY_DEFINITION = (
     "model-side latency of unit k = from the moment unit k's input is complete on the host (step(k) called) "
     "to the moment the decoded audio and frames of y_k are on the host: encode(u_k) + thinker_step(k) + KV "
     "delta hand-over + flow solve(k) + decode(y_k), the critical path of one unit")
-PLACEMENTS = ("one-gpu", "two-gpu", "two-process")
 
 
 def _toml() -> dict:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from unitio.names import filler_frame
 from unitio.units import InputError
 
 from .metrics import ReplicaMetrics
@@ -44,7 +45,7 @@ class Session:
         self.row: int | None = None  # its row in the batched runtime, once started
         self.next_unit = 0  # the next unit to step
         self.inbox: dict[int, tuple[ClientUnit | None, float]] = {}  # unit -> (input, or None if rejected; arrival)
-        self.last_frame = np.full((spec.frame_height, spec.frame_width, 3), 128, np.uint8)  # mid-gray, as live
+        self.last_frame = filler_frame(spec)  # mid-gray, as live
         self.end_after: int | None = None  # the client's last unit, once it said "end"
         self.dropped = self.done = False
         self.acked: int | None = None  # the last output unit the client acknowledged

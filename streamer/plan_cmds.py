@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from planning.report import plan_json
+from unitio.names import PLACEMENTS
 
 from .outputs import console, out
 
@@ -21,7 +22,7 @@ def add_plan_command(sub) -> None:
     plan.add_argument("--precision", default="bf16", type=_precisions,
                       help="fp32 | bf16 | fp16 | fp8: the transformer stages' weights and KV cache (codecs stay fp32; "
                            "default bf16)")
-    plan.add_argument("--placement", default="one-gpu", choices=["one-gpu", "two-gpu", "two-process"])
+    plan.add_argument("--placement", default="one-gpu", choices=list(PLACEMENTS))
     plan.add_argument("--no-graphs", action="store_true", help="price every kernel launch (no CUDA graphs)")
     plan.add_argument("--batch", type=int, metavar="B", help="plan B sessions per engine call (weights read once per "
                       "call) and print the largest B that holds real time and fits memory")

@@ -9,11 +9,55 @@ under "bytes_per_unit" ({"h2d", "d2h", "d2d"}) for every mode.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from rich.table import Table
 
+from . import args as types
 from .outputs import console, out, read_input
+from .run_cmds import add_input_args, add_placement_args, say_engine_weights
+from .trust_cmds import check_bench_outputs
+
+
+def add_parsers(sub) -> None:
+    """Register `bench` and `profile`."""
+    bench = sub.add_parser("bench", help="sequential vs pipelined on engines: per-unit latency, throughput, memory")
+    bench.add_argument("--engines", type=Path, required=True, help="engine directory")
+    bench.add_argument("--units", type=types.int_in(2, types.MAX_UNITS), default=20, help="units counted (default 20)")
+    bench.add_argument("--warmup", type=types.int_in(0, 1000), default=2, help="units run first and not counted (default 2)")
+    bench.add_argument("--modes", default=None,
+                       help="comma-separated of sequential, pipelined (host path, CPU engines), one-gpu, two-gpu, "
+                            "two-process (device path) (default: sequential,pipelined on CPU engines, one-gpu on GPU ones)")
+    add_placement_args(bench)
+    bench.add_argument("--threads", type=types.threads, default=1, help="CPU threads per engine worker (default 1)")
+    bench.add_argument("--json", type=Path, help="write the numbers as JSON here")
+    bench.add_argument("--timeline", type=Path, help="write a PNG timeline of both workers here")
+    add_input_args(bench)
+    bench.set_defaults(func=cmd_bench, performer_timeout=None)
+
+    prof = sub.add_parser("profile", help="Chrome/Perfetto trace of the stage spans of both workers")
+    prof.add_argument("--engines", type=Path, required=True, help="engine directory")
+    prof.add_argument("--units", type=types.int_in(2, types.MAX_UNITS), default=10, help="units to stream (default 10)")
+    prof.add_argument("--threads", type=types.threads, default=1, help="CPU threads per engine worker (default 1)")
+    prof.add_argument("--sequential", action="store_true", help="profile the sequential mode")
+    add_placement_args(prof)
+    prof.add_argument("--out", type=Path, required=True, help="trace JSON to write")
+    add_input_args(prof)
+    prof.set_defaults(func=cmd_profile)
+
+
+def cmd_bench(args) -> int:
+    """`streamer bench`: the output files and the signature checked first, then `bench`."""
+    check_bench_outputs(args)
+    say_engine_weights(args)
+    return bench(args)
+
+
+def cmd_profile(args) -> int:
+    """`streamer profile`: the output file and the signature checked first, then `profile`."""
+    check_bench_outputs(args)
+    return profile(args)
 
 
 def _modes(args, manifest: dict) -> list[str]:

@@ -1,11 +1,47 @@
-"""`streamer export`, `streamer build --from-onnx` and the options every build takes (precision,
+"""`streamer build`, `streamer export`, `streamer inspect` and the options every build takes (precision,
 attention, KV-cache dtype, calibration)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from . import args as types
+from .model_cmds import add_model_args, load_system
 from .outputs import console
+from .trust_cmds import check_key_first, sign_if_asked
+
+
+def add_build_command(sub) -> None:
+    """Register `build`."""
+    build = sub.add_parser("build", help="export every stage to ONNX and build engines + manifest.json")
+    add_model_args(build)
+    build.add_argument("--backend", default="ort", choices=["ort", "aoti", "trt"], help="engine backend (default: ort)")
+    build.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                       help="aoti: compile for this machine's CPU or GPU (CUDA packages run as CUDA graphs)")
+    build.add_argument("--from-onnx", type=Path, metavar="DIR",
+                       help="build the engines of an ONNX export (`streamer export`) instead of exporting here")
+    add_build_options(build)
+    build.add_argument("--sign", type=Path, metavar="KEY",
+                       help="sign the engine directory with this Ed25519 private key (`streamer keygen`)")
+    build.add_argument("--out", type=Path, required=True, help="engine directory to write")
+    build.set_defaults(func=cmd_build)
+
+
+def add_export_command(sub) -> None:
+    """Register `export`."""
+    exp = sub.add_parser("export", help="the checked ONNX of every stage + manifest, to build engines on the target GPU")
+    add_model_args(exp)
+    add_build_options(exp)
+    exp.add_argument("--out", type=Path, required=True, help="folder to write the ONNX export to")
+    exp.set_defaults(func=export)
+
+
+def add_inspect_command(sub) -> None:
+    """Register `inspect`."""
+    inspect_ = sub.add_parser("inspect", help="show what an engine directory holds")
+    inspect_.add_argument("engines", type=Path, help="engine directory")
+    types.add_trust_arg(inspect_)
+    inspect_.set_defaults(func=inspect)
 
 
 def add_build_options(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +63,9 @@ def add_build_options(parser: argparse.ArgumentParser) -> None:
                              "(`streamer serve` runs B sessions per replica)")
 
 
-def _progress_build(title: str, run) -> dict:
-    """Run `run(on_stage)` under a progress bar of the six stages; returns its manifest."""
+def _progress_build(title: str, run, verb: str = "") -> dict:
+    """Run `run(on_stage)` under a progress bar of the six stages (each shown as `verb` + its name);
+    returns its manifest."""
     from rich.progress import Progress
 
     with Progress(console=console) as bar:
@@ -36,7 +73,7 @@ def _progress_build(title: str, run) -> dict:
         started: list[str] = []
 
         def on_stage(name: str) -> None:
-            bar.update(task, description=f"{name}", completed=len(started))
+            bar.update(task, description=f"{verb}{name}", completed=len(started))
             started.append(name)
 
         manifest = run(on_stage)
@@ -44,7 +81,25 @@ def _progress_build(title: str, run) -> dict:
     return manifest
 
 
-def export(args, load_system) -> int:
+def cmd_build(args) -> int:
+    """`streamer build`: every stage exported and built here (--from-onnx: an export's), signed with --sign."""
+    from export.build import build
+
+    check_key_first(args)
+    if args.from_onnx is not None:
+        return build_from_export(args) or sign_if_asked(args)
+    system = load_system(args.preset, args.weights, args.weights_seed)
+    weights = system.weights_source  # {"embedded": name, "sha256"}, {"file", "sha256"} or {"seed"}
+    manifest = _progress_build(
+        f"building {system.preset.name} ({args.backend}, {args.precision})",
+        lambda on_stage: build(system, args.out, args.backend, args.precision, weights, on_stage, args.device,
+                               args.calibration, args.algorithm, args.attention, args.kv_cache, args.batch),
+        verb="exporting ")
+    console.print(f"wrote {len(manifest['stages'])} {args.backend} engines and manifest.json to {args.out}")
+    return sign_if_asked(args)
+
+
+def export(args) -> int:
     """`streamer export`: the checked ONNX of every stage + manifest, for `build --from-onnx` on the target."""
     from export.build import build
     from runtime.manifest import sha256

@@ -2,12 +2,41 @@
 session) and `calibrate` (record a calibration set; with --report, what INT8/FP8 cost)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.table import Table
 
+from . import args as types
+from .model_cmds import add_model_args, load_system
 from .outputs import console, out, read_input
+from .trust_cmds import trusted
+
+
+def add_parsers(sub) -> None:
+    """Register `verify` and `calibrate`."""
+    verify_ = sub.add_parser("verify", help="check every engine against the torch reference")
+    verify_.add_argument("engines", type=Path, help="engine directory")
+    verify_.add_argument("--units", type=types.int_in(1, 1000), default=3, help="streamed units per stage (default 3)")
+    verify_.add_argument("--no-polygraphy", action="store_true", help="skip polygraphy's own comparison")
+    verify_.add_argument("--session", type=types.int_in(0, types.MAX_UNITS), default=0, metavar="N",
+                         help="also stream N synthetic units through engines and torch: token diff, audio/frames SNR")
+    verify_.add_argument("--seed", type=types.seed, default=0, help="seed of the inputs")
+    types.add_trust_arg(verify_)
+    verify_.set_defaults(func=verify)
+
+    cal = sub.add_parser("calibrate", help="record every stage's real inputs over a stream (for int8/fp8 builds)")
+    add_model_args(cal)
+    cal.add_argument("--data", default="synthetic", help="'synthetic', 'AUDIO.wav+VIDEO.mp4', or a folder of NAME.wav + NAME.mp4 pairs")
+    cal.add_argument("--units", type=types.units, default=32, help="units of 160 ms to record (default 32)")
+    cal.add_argument("--seed", type=types.seed, default=0, help="seed of the synthetic input and the solver noise")
+    types.add_fit_args(cal)
+    cal.add_argument("--out", type=Path, required=True, help="calibration .safetensors to write")
+    cal.set_defaults(func=calibrate)
 
 
 def verify(args) -> int:
+    """`streamer verify`: the signature first (--trust), then every stage and, with --session N, a session."""
+    trusted(args)
     from export.verify import verify as verify_stages
 
     results = verify_stages(args.engines, units=args.units, polygraphy=not args.no_polygraphy)
@@ -59,7 +88,7 @@ def session_against_torch(engines, n_units: int, seed: int):
         return session_diff(reference, session, units)
 
 
-def calibrate(args, load_system) -> int:
+def calibrate(args) -> int:
     """`streamer calibrate`: stream the data through the reference, record every stage's inputs."""
     from rich.progress import Progress
 

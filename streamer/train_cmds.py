@@ -11,11 +11,12 @@ from pathlib import Path
 
 from rich.table import Table
 
+from .model_cmds import describe_weights, load_system
 from .outputs import console, out
 
 
-def add_parsers(sub, load_system) -> None:
-    """Register `train` and `eval`; `load_system(preset, weights, seed)` is the CLI's model loader."""
+def add_parsers(sub) -> None:
+    """Register `train` and `eval`."""
     train = sub.add_parser("train", help="train the tiny model: codecs (a), backbone (b), distillation (c)")
     train.add_argument("--stage", default="all", choices=["a", "b", "c", "all"], help="which stage (default: all three)")
     train.add_argument("--out", type=Path, required=True, help="folder for checkpoints, weights and loss curves")
@@ -45,7 +46,7 @@ def add_parsers(sub, load_system) -> None:
     ev.add_argument("--conversations", type=int, default=8, help="conversations, seeds SEED.. (default 8)")
     ev.add_argument("--threads", type=int, default=None, help="CPU threads (torch, or per engine)")
     ev.add_argument("--json", type=Path, help="write the metrics here as JSON")
-    ev.set_defaults(func=eval_command, load_system=load_system)
+    ev.set_defaults(func=eval_command)
 
 
 def train_command(args) -> int:
@@ -130,7 +131,7 @@ def eval_command(args) -> int:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        system = args.load_system(None, args.weights, args.weights_seed)
+        system = load_system(None, args.weights, args.weights_seed)
         if args.steps is not None:
             if args.steps < 1:
                 raise ValueError(f"--steps: expected >= 1, got {args.steps}")
@@ -171,14 +172,3 @@ def print_metrics(m: dict, title: str) -> None:
         rule = "" if limit is None else (f"<= {limit:g}" if key in ("barge_in_units", "overlap") else f">= {limit:g}")
         table.add_row(name, fmt.format(m[key]), rule)
     out.print(table)
-
-
-def describe_weights(source: dict) -> str:
-    """A manifest's / system's weights record in words."""
-    if "embedded" in source:
-        return f"embedded trained {source['embedded']} (sha256 {source['sha256'][:12]})"
-    if "file" in source:
-        return f"{source['file']} (sha256 {source.get('sha256', '?')[:12]})"
-    if "seed" in source:
-        return f"random, seed {source['seed']}"
-    return "unrecorded"

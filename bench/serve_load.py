@@ -1,4 +1,4 @@
-"""Load test of `streamer serve` (issue 15): N concurrent clients on loopback, each streaming the
+"""Load test of `streamer serve`: N concurrent clients on loopback, each streaming the
 synthetic clip at real-time pace (unit k sent once it is complete) for T seconds, against one local
 Ray Serve application. Per N: sessions that held real time (every unit answered, at most 1% late on
 the server or filled because their input missed its tick), late and missing units, unit latency p50/p99

@@ -152,7 +152,7 @@ _QWEN_VOCAB = 151_936
 _CODECS = dict(audio_filters=64, audio_hidden=512, video_vae_dim=96)  # Mimi's SEANet and the Wan2.1 VAE
 
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset(name="tiny", flow_steps=2),  # its shipped weights are a 2-step distilled student (issue 14)
+    "tiny": Preset(name="tiny", flow_steps=2),  # its shipped weights are a 2-step distilled student
     "small": Preset(  # Qwen3-0.6B dims
         name="small", frame_height=96, frame_width=128, audio_z=32, **_CODECS, vocab_size=_QWEN_VOCAB, text_pad_id=151_643,
         n_layers=28, hidden=1024, n_heads=16, n_kv_heads=8, head_dim=128, intermediate=3072,

@@ -1,4 +1,4 @@
-"""Serving many live sessions (issue 15): the WebSocket protocol (docs/PROTOCOL.md), the replica that
+"""Serving many live sessions: the WebSocket protocol (docs/PROTOCOL.md), the replica that
 advances all its sessions in one batched call per stage every 160 ms, the Ray Serve application around
 it, its metrics, a Python client and the browser page (`static/`).
 

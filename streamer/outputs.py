@@ -32,7 +32,7 @@ def read_input(spec: str, preset, units: int | None, seed: int, fit: str | None 
     if spec == "synthetic":
         if fit is not None:
             raise InputError(f"--{fit} goes with files (AUDIO.wav+VIDEO.mp4); synthetic input has equal lengths")
-        from training.conversation import ConversationUnits  # the synthetic conversation (issue 14)
+        from training.conversation import ConversationUnits  # the synthetic conversation
 
         return ConversationUnits(preset, 50 if units is None else units, seed)
     if Path(spec).is_dir():

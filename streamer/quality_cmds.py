@@ -1,5 +1,5 @@
 """The commands about accuracy: `verify` (engines against the torch reference, per stage and per
-session) and `calibrate` (record a calibration set; with --report, what INT8/FP8 cost)."""
+session) and `calibrate` (record a calibration set for int8/fp8 builds)."""
 from __future__ import annotations
 
 from pathlib import Path

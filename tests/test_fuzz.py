@@ -234,7 +234,7 @@ def test_manifest_structure(engine_copy, capsys, tmp_path_factory):
         (engine_copy / MANIFEST).write_bytes(good)
 
 
-# --- deep nesting, huge files and links (issue 21) -------------------------------------------------------------
+# --- deep nesting, huge files and links ------------------------------------------------------------------------
 def nested(max_depth: int = 6000):
     """JSON text nested `depth` deep in arrays and objects (a few KB at most), sometimes left unclosed."""
     return st.tuples(st.integers(1, max_depth), st.integers(0, 2**32), st.booleans()).map(_nest)

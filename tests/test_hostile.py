@@ -1,4 +1,4 @@
-"""Issue 21, outside serve: a hostile working directory, planted links, relative key paths, huge or deeply
+"""Outside serve: a hostile working directory, planted links, relative key paths, huge or deeply
 nested files, a full disk. Each test reproduces its row (and where a guard is the point, a planted
 mutation shows the check catching the old behaviour)."""
 import errno

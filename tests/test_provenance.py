@@ -1,4 +1,4 @@
-"""Issue 16: signed engine directories (Ed25519: keygen, build --sign, --trust), the Qwen3 import's
+"""Signed engine directories (Ed25519: keygen, build --sign, --trust), the Qwen3 import's
 config.json and embedding tie, and calibration files bound to the weights they were recorded from."""
 import json
 import shutil

@@ -57,7 +57,7 @@ def test_checkpoint_of_other_dims_is_refused_naming_the_tensor(tmp_path):
     reference.save_pretrained(tmp_path)
     other = Backbone(p.replace(intermediate=96))
     with pytest.raises(WeightsError, match=r"config.json: intermediate_size is 128, the model's preset has 96"):
-        load_qwen3_checkpoint(other, tmp_path)  # config.json is read first (issue 16)
+        load_qwen3_checkpoint(other, tmp_path)  # config.json is read first
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))  # a config that lies
     with pytest.raises(WeightsError, match=r"layers\.0\.mlp\.\w+_proj\.weight' has shape \(\d+, \d+\), the model expects"):

@@ -1,4 +1,4 @@
-"""Serving live sessions, without Ray (issue 15): the protocol's framing and typed errors, one
+"""Serving live sessions, without Ray: the protocol's framing and typed errors, one
 replica's hub ticked by hand (sessions in their rows equal solo sessions; a bad unit is filler and the
 session goes on; ends without filler; the hub's own errors counted) and a connection on a fake socket
 (pings hold no slot, an end is never rate limited, a client that does not read is ended)."""

@@ -1,4 +1,4 @@
-"""Issue 14: the offline training forward equals the streaming steps, the conversation and its metrics,
+"""The offline training forward equals the streaming steps, the conversation and its metrics,
 the three training stages (loss goes down, resumable, DDP on 2 processes == 1 process), and the shipped
 tiny weights through the ONNX Runtime engines."""
 import json

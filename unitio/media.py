@@ -317,8 +317,3 @@ def split_units(audio: np.ndarray, frames: np.ndarray, spec, units: int | None):
                          f"({len(audio)} samples, {len(frames)} frames); {units} were asked for")
     s, f = spec.samples_per_unit, spec.frames_per_unit
     return [(audio[k * s:(k + 1) * s], frames[k * f:(k + 1) * f]) for k in range(units)]
-
-
-def read_folder(folder: Path, preset, units: int | None = None, fit: str | None = None) -> FolderUnits:
-    """Units of every NAME.wav + NAME.mp4 pair in `folder` (name order), the first `units` of them (lazy)."""
-    return FolderUnits(folder, preset, units, fit)

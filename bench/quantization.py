@@ -27,7 +27,7 @@ from calibration.torch_engines import TorchStageEngine, torch_parts
 from export.stages import make_stages
 from model_src.config import get_preset
 from model_src.system import build_system
-from runtime.host.engines import Engine
+from runtime.engine import Engine
 from runtime.host.session import EngineSession
 
 START, END = "<!-- quantization tables: start -->", "<!-- quantization tables: end -->"

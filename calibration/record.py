@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.host.engines import Engine
+from runtime.engine import Engine
 from runtime.host.kv_cache import KVBuffers
 from runtime.spec import unit_spec
 from unitio.jsonsafe import loads_bounded

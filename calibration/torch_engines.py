@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from export.stages import StageSpec, make_stages
-from runtime.host.engines import Engine
+from runtime.engine import Engine
 from runtime.manifest import TensorSpec
 
 

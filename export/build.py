@@ -114,7 +114,7 @@ def _finish(out: Path, system, options: BuildOptions, stages: dict, initial: dic
     """Write initial_state.safetensors (codec states, FP8 cache scales) and the manifest."""
     from safetensors.numpy import save_file
 
-    from runtime.host.engines import installed_versions
+    from runtime.engine import installed_versions
     from runtime.manifest import sha256, write_manifest
 
     scales = system.model.backbone.kv_cache_scales
@@ -185,7 +185,7 @@ def build_from_onnx(onnx_dir: Path, out: Path, backend: str = "trt",
                          {t["name"]: tuple(t["shape"]) for t in info["inputs"]})
             path = engine
         stages[name] = {**info, "file": path.name}
-    from runtime.host.engines import installed_versions
+    from runtime.engine import installed_versions
 
     keep = ("preset", "precision", "attention", "kv_cache", "weights", "calibration", "initial_state", "batch")
     manifest = {**{k: source[k] for k in keep if k in source}, "backend": backend,

@@ -128,7 +128,8 @@ def check_stage(spec, engine, precision: str, units: int, g: torch.Generator, p:
 
 def _load(directory) -> tuple[dict, dict]:
     """(manifest, {stage: engine}): host engines for CPU builds, device engines behind a host call for GPU ones."""
-    from runtime.host.engines import installed_versions, load_engines
+    from runtime.engine import installed_versions
+    from runtime.host.engines import load_engines
     from runtime.manifest import read_manifest
 
     manifest = read_manifest(directory, installed_versions=installed_versions())
@@ -142,7 +143,7 @@ def _load(directory) -> tuple[dict, dict]:
 
 
 def _kv_scales(directory, manifest) -> tuple[torch.Tensor, torch.Tensor]:
-    from runtime.host.engines import load_initial_state
+    from runtime.engine import load_initial_state
 
     s = load_initial_state(directory, manifest)["kv_cache"]
     return torch.from_numpy(s["k_scale"]), torch.from_numpy(s["v_scale"])

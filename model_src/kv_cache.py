@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 
 from unitio.units import cache_slot as shared_cache_slot
+from unitio.units import write_unit
 
 from .config import Preset
 
@@ -58,9 +59,6 @@ def append_unit(p: Preset, cache: KVCache, k_delta: torch.Tensor, v_delta: torch
         if scales is None:
             raise ValueError("append_unit: an FP8 cache needs the K/V scales [2, n_layers, Hkv]")
         k_delta, v_delta = quantize_fp8(k_delta, scales[0]), quantize_fp8(v_delta, scales[1])
-    start = cache_slot(p, unit_index) * t
-    cache.k[..., start:start + t, :] = k_delta
-    cache.v[..., start:start + t, :] = v_delta
-    cache.length.fill_(min(unit_index + 1, p.cache_units) * t)
+    write_unit(cache.k, cache.v, cache.length, unit_index, k_delta, v_delta, p.sink_units, p.window_units)
     return cache
 

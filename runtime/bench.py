@@ -14,7 +14,7 @@ import numpy as np
 
 from unitio.timing import percentiles
 
-from .host.session import UnitOutput
+from .order import UnitOutput
 
 
 def rss_bytes(pid: int | str = "self", field: str = "VmHWM") -> int | None:

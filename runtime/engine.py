@@ -1,14 +1,19 @@
-"""The one small interface every engine backend implements (runtime/host/engines.py; the device path's twin is runtime/device/engines.py).
+"""The one small interface every engine backend implements (runtime/host/engines.py, runtime/aoti.py;
+the device path's twin is runtime/device/engines.py), and what every loader reads besides the engines.
 
 An Engine has `inputs` / `outputs` (TensorSpec lists from the manifest) and `run({name: array}) ->
 {name: array}`; `check` compares feeds with the spec first (names, shapes, dtypes), so a wrong input
-fails with a message naming expected and received, not inside the backend. numpy only.
+fails with a message naming expected and received, not inside the backend. `installed_versions`: the
+backend libraries here (checked against the manifest's); `load_initial_state`: the codec stages' fresh
+state from the directory. numpy only.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from .manifest import TensorSpec
+from .manifest import ManifestError, TensorSpec, stage_io
 
 
 class StageOutputError(RuntimeError):
@@ -45,3 +50,39 @@ class Engine:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+
+def installed_versions() -> dict[str, str | None]:
+    """Versions of the backend libraries on this machine (None where one is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for lib in ("onnxruntime", "torch", "tensorrt", "onnx"):
+        try:
+            out[lib] = version(lib)
+        except PackageNotFoundError:
+            out[lib] = None
+    return out
+
+
+def load_initial_state(directory: str | Path, manifest: dict) -> dict[str, dict[str, np.ndarray]]:
+    """{stage: {input name: array}}: the codec stages' state inputs for a fresh stream."""
+    from safetensors.numpy import load_file
+
+    rel, where = manifest["initial_state"], Path(directory)
+    try:
+        flat = load_file(str(where / rel))
+    except Exception as e:  # safetensors' own error types for a file that is not safetensors
+        raise ManifestError(f"{where}: initial_state {rel}: expected a safetensors file of the codec stages' "
+                            f"initial state, got an error: {str(e)[:200] or type(e).__name__}") from None
+    specs = {stage: {t.name: t for t in stage_io(manifest, stage)[0]} for stage in manifest["stages"]}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key, array in flat.items():
+        stage, _, name = key.partition(".")
+        spec = specs.get(stage, {}).get(name)
+        if spec is None or tuple(array.shape) != tuple(spec.shape) or str(array.dtype) != spec.dtype:
+            want = "no such stage input" if spec is None else f"{spec.dtype} {list(spec.shape)}"
+            raise ManifestError(f"{where}: initial_state {rel}: {key[:80]!r} ({array.dtype} {list(array.shape)}) is "
+                                f"not a state input of stage {stage[:40]!r} as the manifest declares it ({want})")
+        out.setdefault(stage, {})[name] = array
+    return out

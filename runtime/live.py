@@ -17,7 +17,7 @@ import numpy as np
 
 from unitio.units import InputError
 
-from .host.session import EngineSession, UnitOutput
+from .order import UnitOutput
 
 
 class LiveInput:
@@ -78,10 +78,10 @@ class LiveStats:
     tokens: list[np.ndarray] = field(default_factory=list)
 
 
-def run_live(session: EngineSession, source: LiveInput, n_units: int, emit: Callable[[UnitOutput], None],
+def run_live(session, source: LiveInput, n_units: int, emit: Callable[[UnitOutput], None],
              t0: float, grace_s: float = 0.02) -> LiveStats:
-    """Stream `n_units` units paced to wall time from `t0` (perf_counter seconds); `emit` gets every
-    unit's output in order. Never waits for input more than `grace_s` past its due time."""
+    """Stream `n_units` units through `session` (either path's: runtime/open_session.py) paced to wall time
+    from `t0` (perf_counter seconds); `emit` gets every unit's output in order. Never waits for input more than `grace_s` past its due time."""
     s, stats = session.spec, LiveStats()
     unit_s = s.unit_ms / 1000.0
     arrival: dict[int, float] = {}

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .manifest import ManifestError
 from .host.session import MODES, EngineSession
+from .manifest import ManifestError
+from .worker import check_worker_options
 
 PLACEMENTS = ("one-gpu", "two-gpu", "two-process")
 HOWS = MODES + PLACEMENTS
@@ -41,7 +42,6 @@ def open_session(directory: str | Path, how: str, manifest: dict, seed: int = 0,
         return EngineSession(directory, seed=seed, expect_preset=expect_preset, threads=threads, mode=how,
                              performer_timeout_s=performer_timeout_s, nvtx=nvtx, trust=trust)
     from .device.session import DeviceSession
-    from .host.session import check_worker_options
 
     check_worker_options(threads, performer_timeout_s)
     return DeviceSession(directory, placement=how, device=device or default_device(manifest),

@@ -35,14 +35,6 @@ def unit_spec(manifest: dict) -> SimpleNamespace:
     return s
 
 
-def exchange_layout(spec: SimpleNamespace) -> dict[str, tuple[tuple[int, ...], str]]:
-    """What travels per unit: thinker -> performer the KV delta, performer -> thinker the clean
-    latents y_k and its span times (append start/end, solve start/end; perf_counter seconds)."""
-    return {"k_delta": (spec.delta_shape, spec.cache_dtype), "v_delta": (spec.delta_shape, spec.cache_dtype),
-            "y_audio": (spec.audio_latent_shape, "float32"), "y_video": (spec.video_latent_shape, "float32"),
-            "spans": ((4,), "float64")}
-
-
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "int64": 8, "uint8": 1}
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.host.engines import load_engines, load_initial_state
+from runtime.engine import load_initial_state
+from runtime.host.engines import load_engines
 from runtime.manifest import read_manifest
 from runtime.host.session import EngineSession
 from runtime.spec import unit_spec

@@ -34,7 +34,7 @@ def exit_code(e: BaseException) -> int | None:
     if isinstance(e, Terminated):
         console.print("terminated (SIGTERM)")
         return TERMINATED
-    performer = sys.modules.get("runtime.host.performer")  # imported only if a performer ever ran
+    performer = sys.modules.get("runtime.order")  # imported only if a session ever ran
     if performer is not None and isinstance(e, performer.PerformerError):
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         detail = f" ({lines[-1]})" if len(lines) > 1 else ""  # a child's traceback: its last line

@@ -277,7 +277,7 @@ def _kept_units(out, tiny):
 
 
 def test_a_performer_fault_keeps_what_was_streamed_and_exits_3(tmp_path, tiny, tiny_ort_engines, monkeypatch, capsys):
-    from runtime.host.performer import PerformerError
+    from runtime.order import PerformerError
 
     code, err, out = _streamed(tmp_path, tiny_ort_engines, monkeypatch, capsys, 4,
                                PerformerError("performer hung: no answer after 1.0 s solving unit 3"))

@@ -14,7 +14,7 @@ import pytest
 from helpers import assert_same_outputs, report
 from runtime.bench import rss_bytes
 from runtime.live import LiveInput, replay, run_live
-from runtime.host.performer import PerformerError
+from runtime.order import PerformerError
 from runtime.host.session import EngineSession
 from streamer.cli import main
 from unitio.media import split_units, synthetic_input
@@ -186,20 +186,19 @@ def test_nan_in_a_stage_output_stops_the_session_naming_the_stage(tiny):
 
 def test_a_performer_hanging_at_start_is_caught_by_the_timeout(monkeypatch):
     """Start-up is bounded too (10x --performer-timeout): a child that never says READY is refused, killed."""
-    from types import SimpleNamespace
-
-    import runtime.host.performer as performer
+    import runtime.worker as worker
 
     def sleeper(module, config, fd):  # a performer that hangs while loading its engines
         return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], pass_fds=(fd,))
 
-    monkeypatch.setattr(performer, "start_child", sleeper)
-    handle = performer.PerformerProcess.__new__(performer.PerformerProcess)
-    handle.slots = SimpleNamespace(close=lambda: None)
+    monkeypatch.setattr(worker, "start_child", sleeper)
+    released = []
+    handle = worker.WorkerProcess(release=lambda: released.append(1))
     t0 = time.perf_counter()
     with pytest.raises(PerformerError, match="hung: no answer after 2.0 s starting"):
-        handle._start("runtime.host.performer", {}, timeout_s=0.2)
+        handle.start("runtime.host.performer", {}, timeout_s=0.2)
     assert time.perf_counter() - t0 < 10 and handle.process.returncode is not None  # killed and reaped
+    assert released == [1]  # the shared buffer freed once
 
 
 def test_concurrent_sessions_do_not_claim_the_same_performer_core():

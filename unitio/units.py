@@ -71,11 +71,23 @@ def unit_noise(seed: int, unit_index: int, audio_shape: tuple[int, ...], video_s
     return (rng.standard_normal(audio_shape, dtype=np.float32), rng.standard_normal(video_shape, dtype=np.float32))
 
 
-def cache_slot(unit_index: int, sink_units: int, window_units: int) -> int:
-    """KV-cache unit slot of unit `unit_index`: the first `sink_units` stay, later ones go round a ring."""
-    if unit_index < sink_units + window_units:
-        return unit_index
-    return sink_units + (unit_index - sink_units) % window_units
+def cache_slot(unit_index, sink_units: int, window_units: int):
+    """KV-cache unit slot of unit `unit_index`: the first `sink_units` stay, later ones go round a ring of
+    `window_units`. The one formula of the ring, for a Python int, a numpy array or a torch int64 tensor
+    alike (tensor ops only, so a CUDA graph may hold it): the reference, the host and the device path."""
+    past = (unit_index - sink_units) * (unit_index >= sink_units)  # units past the sinks (0 within them)
+    return unit_index - past + past % window_units
+
+
+def write_unit(k, v, length, unit_index: int, k_delta, v_delta, sink_units: int, window_units: int) -> None:
+    """Unit `unit_index`'s keys/values [L, B, Hkv, T, D] into its ring slot of k, v [L, B, Hkv, capacity, D]
+    in place, and `length` (every row) set to the valid tokens: numpy arrays or torch tensors alike (the
+    reference's append, model_src.kv_cache.append_unit, and the host path's, runtime/host/kv_cache.py)."""
+    t = k_delta.shape[-2]
+    start = cache_slot(unit_index, sink_units, window_units) * t
+    k[..., start:start + t, :] = k_delta
+    v[..., start:start + t, :] = v_delta
+    length[...] = min(unit_index + 1, sink_units + window_units) * t
 
 
 @dataclass

@@ -10,9 +10,9 @@ input: their state is reset when a session next joins). So joining and leaving c
 other rows' outputs, and a row's outputs are a solo session's with the same seed (to the float
 tolerance of another batch size's kernels; bitwise where the backend is row-independent).
 
-Runs on the device path (runtime/device_*.py), with the state resident where the engines run: "cpu"
-with ONNX Runtime engines (CI, the CPU server), "cuda" with TensorRT or AOTInductor ones, one-gpu
-placement, CUDA graphs on a GPU.
+Runs on the device path (runtime/device/, assembled by runtime/device/stack.py as a solo session is),
+with the state resident where the engines run: "cpu" with ONNX Runtime engines (CI, the CPU server),
+"cuda" with TensorRT or AOTInductor ones, one-gpu placement, CUDA graphs on a GPU.
 """
 from __future__ import annotations
 
@@ -23,16 +23,10 @@ import numpy as np
 
 from unitio.units import InputError, UnitResult, check_audio_unit, check_frames_unit, check_text_unit
 
-from .device import Device
-from .engines import load_device_engines
-from .performer import SharedCachePerformer
-from .state import DeviceKVCache
-from .thinker import DeviceThinker
 from ..engine import check_finite
-from ..host.engines import installed_versions, load_initial_state
-from .ledger import TransferLedger
-from ..manifest import read_manifest
-from ..spec import unit_spec
+from .device import Device
+from .performer import SharedCachePerformer
+from .stack import DeviceStack, load_parts
 
 STAGES = ["audio_enc", "video_enc", "thinker_step", "flow_step", "audio_dec", "video_dec"]
 
@@ -41,38 +35,24 @@ class RowsFull(ValueError):
     """Every row of the batch holds a live session."""
 
 
-class BatchedSession:
+class BatchedSession(DeviceStack):
     def __init__(self, directory: str | Path | None, device: str = "cpu", seed: int = 0, threads: int | None = None,
                  trust: str | Path | None = None, graphs: bool | None = None,
                  engines: tuple[dict, dict, dict] | None = None) -> None:
         """engines: (manifest, {stage: DeviceEngine}, initial_state) given directly instead of a directory
         (torch stage modules in process: calibration.torch_engines.torch_device_parts(..., batch=B))."""
-        self.device, self.seed = Device(device), seed
-        if engines is not None:
-            self.manifest, loaded, initial = engines
-        else:
-            manifest = read_manifest(directory, installed_versions=installed_versions(), trust=trust)
-            self.manifest, loaded = load_device_engines(directory, self.device, STAGES, threads, manifest,
-                                                      graphs=graphs)
-            initial = load_initial_state(directory, self.manifest)
-        self.spec = s = unit_spec(self.manifest)
-        self.ledger, self.stream = TransferLedger(), self.device.stream()
-        self.cache = DeviceKVCache(s, self.device, initial.get("kv_cache"))
+        self.seed = seed
+        dev = Device(device)
+        loaded, initial = self._assemble(dev, engines if engines is not None else
+                                         load_parts(directory, dev, STAGES, threads, trust=trust, graphs=graphs))
         self.rows = self.cache.rows
-        self.thinker = DeviceThinker(loaded, initial, s, self.device, self.ledger, self.cache, self.stream)
-        self.performer = SharedCachePerformer(loaded["flow_step"], s, self.device, self.cache, self.ledger, seed)
-        self.graphs = self.device.cuda and self.thinker.capturable if graphs is None else graphs
-        if self.graphs:
-            self.thinker.capture()
-            self.performer.capture()
-        self.cache.reset()
-        self.thinker.reset()
-        self.device.synchronize()  # the resets ran on the default stream; the unit path runs on another
+        self._start(SharedCachePerformer(loaded["flow_step"], self.spec, self.device, self.cache, self.ledger, seed),
+                    graphs)
         self.live: dict[int, int] = {}  # row -> the row's next unit index
         self.seeds = [seed] * self.rows
+        s = self.spec
         self._last_frames = np.full((self.rows, s.frames_per_unit, s.frame_height, s.frame_width, 3), 128, np.uint8)
         self._submitted = False  # a solve is in flight (its y not yet handed to the thinker)
-        self._delta_ready, self._out_ready = self.device.event(), self.device.event()
 
     # --- rows ------------------------------------------------------------------------------------------
     def live_rows(self) -> list[int]:
@@ -126,16 +106,16 @@ class BatchedSession:
                 self.thinker.prev_video[row].zero_()
             self.thinker.think()
             self.thinker.tokens_out()
-            d.record(self._delta_ready, self.stream)
+            d.record(self.delta_ready, self.stream)
         self.thinker.commit()
-        self.performer.submit(units, None, None, self._delta_ready, seeds=self.seeds)
+        self.performer.submit(units, None, None, self.delta_ready, seeds=self.seeds)
         self._submitted = True
         with d.use(self.stream):
             self.thinker.decode()  # every row's y_(k-1); rows at their unit 0 decoded zeros: reset them
             for row in first:
                 self.thinker.reset_row(row, decoders_only=True)
-            d.record(self._out_ready, self.stream)
-        d.sync(self._out_ready)
+            d.record(self.out_ready, self.stream)
+        d.sync(self.out_ready)
         self._last_frames[list(inputs)] = frames[list(inputs)]
         host = self.thinker.host_out
         tokens, wave, video = host["tokens"].numpy(), host["wave"].numpy(), host["frames"].numpy()
@@ -162,13 +142,10 @@ class BatchedSession:
         with d.use(self.stream):
             self._receive()
             self.thinker.decode(advance=False)
-            d.record(self._out_ready, self.stream)
-        d.sync(self._out_ready)
+            d.record(self.out_ready, self.stream)
+        d.sync(self.out_ready)
         host = self.thinker.host_out
         return host["wave"].numpy()[row].copy(), host["frames"].numpy()[row].copy()
-
-    def close(self) -> None:
-        self.performer.close()
 
     def __enter__(self) -> "BatchedSession":
         return self
@@ -180,9 +157,7 @@ class BatchedSession:
         """The last solve's y (every row) into the thinker's buffers; idempotent until the next solve."""
         if not self._submitted:
             return
-        y_audio, y_video, ready = self.performer.result(self.performer.last_unit)
-        self.device.wait(self.stream, ready)
-        self.thinker.receive(y_audio, y_video)
+        self._take_y(self.performer.last_unit)
 
     def _check_row(self, row: int) -> None:
         if row not in self.live:

@@ -22,9 +22,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .device import Device, torch_dtype
 from ..engine import EngineInputError
 from ..manifest import ManifestError, TensorSpec
+from .device import Device, torch_dtype
 
 Call = Callable[[], None]
 
@@ -181,7 +181,7 @@ def load_device_engines(directory: str | Path, device: Device, stages: list[str]
     """(manifest, {stage: DeviceEngine}) of an engine directory, for tensors on `device` (its manifest
     checked here, with its signature against `trust` where given, unless the caller checked it); `graphs`:
     whether the engines will be captured in CUDA graphs (None: on a GPU, as the sessions' default)."""
-    from ..host.engines import installed_versions
+    from ..engine import installed_versions
     from ..manifest import read_manifest, stage_io
 
     directory = Path(directory)

@@ -9,18 +9,17 @@ pickle): the IPC handle bytes in base64, or the shared-memory block's name.
 from __future__ import annotations
 
 import base64
-import sys
 from multiprocessing import shared_memory
 
 import numpy as np
 import torch
 
+from ..worker import Layout, attach_shm, close_shm, create_shm, slot_offsets
 from .device import Device, torch_dtype
-from ..host.transport import Layout, slot_offsets
 
 
 def _offsets(layout: Layout, n_slots: int) -> tuple[dict[tuple[int, str], int], int]:
-    """transport's slot layout, with torch's element sizes (bfloat16 and float8 included)."""
+    """The worker protocol's slot layout, with torch's element sizes (bfloat16 and float8 included)."""
     return slot_offsets(layout, n_slots, lambda dtype: torch.empty((), dtype=torch_dtype(dtype)).element_size())
 
 
@@ -52,7 +51,7 @@ class Exchange:
                     "ref_offset": int(ref_offset), "event_handle": base64.b64encode(event_handle).decode(),
                     "event_sync": bool(event_sync), "nbytes": nbytes}
             return cls(buffer, layout, n_slots, info, owner=True)
-        shm = shared_memory.SharedMemory(create=True, size=nbytes)
+        shm = create_shm(nbytes)
         buffer = torch.frombuffer(shm.buf, dtype=torch.uint8)
         buffer.zero_()
         return cls(buffer, layout, n_slots, {"kind": "shm", "name": shm.name, "nbytes": nbytes}, True, shm)
@@ -71,13 +70,7 @@ class Exchange:
             typed = torch.storage.TypedStorage(wrap_storage=storage, dtype=torch.uint8, _internal=True)
             buffer = torch._utils._rebuild_tensor(typed, 0, (nbytes,), (1,))  # as torch.multiprocessing does
             return cls(buffer, layout, n_slots, handle, owner=False)
-        shm = shared_memory.SharedMemory(name=handle["name"])
-        if sys.version_info < (3, 13):  # attaching registers the block with this process's resource tracker,
-            from multiprocessing import (
-                resource_tracker,  # which would unlink it at exit (3.13: track=False)
-            )
-
-            resource_tracker.unregister(shm._name, "shared_memory")
+        shm = attach_shm(handle["name"])
         return cls(torch.frombuffer(shm.buf, dtype=torch.uint8), layout, n_slots, handle, False, shm)
 
     @property
@@ -92,13 +85,5 @@ class Exchange:
         self._views.clear()
         self.buffer = None
         if self._shm is not None:
-            try:
-                self._shm.close()
-            except BufferError:  # a view is still alive somewhere; the block goes with the process
-                pass
-            if self._owner:
-                try:
-                    self._shm.unlink()
-                except FileNotFoundError:
-                    pass
+            close_shm(self._shm, self._owner)
             self._shm = None

@@ -1,8 +1,10 @@
-"""The performer on a device, in the thinker's process: one interface, two placements.
+"""The performer on a device, in the thinker's process: one interface (runtime/order.py
+`DevicePerformer`), two placements (the third, two-process, is runtime/device/process.py).
 
     submit(k, k_delta, v_delta, delta_ready)   enqueue: (move the delta), N flow steps -> y_k
     result(k) -> (y_audio, y_video, event)     y_k on the thinker's device, valid once `event` is reached
     ready(k) -> bool                           whether y_k is there (without waiting)
+    capturable                                 whether its flow_step engine can be in a CUDA graph
 
 - `SharedCachePerformer` (placement one-gpu, and the device path on a CPU): the thinker's own cache
   (the thinker appended the delta: nothing moves), its own stream at a higher priority, so the solve of
@@ -20,12 +22,12 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from ..order import PerformerError
 from .device import Device
 from .engines import DeviceEngine
+from .ledger import TransferLedger
 from .solver import DeviceSolver
 from .state import DeviceKVCache
-from .ledger import TransferLedger
-from ..host.performer import PerformerError
 
 
 class SharedCachePerformer:
@@ -35,11 +37,15 @@ class SharedCachePerformer:
                  ledger: TransferLedger, seed: int) -> None:
         self.device, self.stream = device, device.stream(high_priority=True)
         self.solver = DeviceSolver(engine, spec, device, cache, ledger, seed)
+        self.capturable = self.solver.capturable
         self.done = device.event()
         self._unit = -1
 
     def capture(self) -> None:
         self.solver.capture(self.stream)
+
+    def reset(self) -> None:
+        pass  # the thinker's cache, reset by the session
 
     def submit(self, unit_index, k_delta, v_delta, delta_ready, seeds: list[int] | None = None) -> None:
         """Solve the unit(s) the thinker just appended: `unit_index` an int, or one per row of a batch
@@ -78,6 +84,7 @@ class TwoDevicePerformer:
         self.t_stream, self.stream = thinker_stream, device.stream(high_priority=True)
         self.cache = DeviceKVCache(spec, device, scales)
         self.solver = DeviceSolver(engine, spec, device, self.cache, ledger, seed)
+        self.capturable = self.solver.capturable
         if peer is None:
             peer = thinker.cuda and device.cuda and torch.cuda.can_device_access_peer(device.torch, thinker.torch)
         self.peer = peer
@@ -91,11 +98,15 @@ class TwoDevicePerformer:
             self.staged = [thinker.event() for _ in range(2)]
             self.y_staged = [device.event() for _ in range(2)]
         self.done = [thinker.event() for _ in range(2)]
-        self.append_bytes = 2 * int(np.prod(spec.delta_shape)) * self.cache.k.element_size()
         self._unit = -1
 
     def capture(self) -> None:
         self.solver.capture(self.stream)
+
+    def reset(self) -> None:
+        """Its own cache empty again (after the capture's warm-up wrote into it)."""
+        self.cache.reset()
+        self.device.synchronize()
 
     def _both(self) -> ExitStack:
         """Both workers' streams current: a cross-device copy runs after the source stream's work and the
@@ -124,7 +135,7 @@ class TwoDevicePerformer:
         with d.use(self.stream):
             self.solver.load(unit_index)
             self.cache.append(self.solver.unit, self.delta[0], self.delta[1])
-            self.ledger.count("d2d", self.append_bytes)
+            self.ledger.count("d2d", self.cache.append_nbytes)
             self.solver.run()
         if self.peer:
             with self._both():

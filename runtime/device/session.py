@@ -14,6 +14,7 @@ one cache), two-gpu (the performer on a second GPU with its own cache), two-proc
 on the same GPU, delta and y_k through CUDA IPC). On device "cpu" the same code runs on the CPU twin
 (runtime/device/twin.py: streams that defer their work until a wait or sync orders it, and emulated CUDA
 graphs with graphs=True), so CI tests it (outputs equal the sequential reference; the ledger's bytes).
+The parts and their start (engines, cache, thinker, graphs, resets) are runtime/device/stack.py's.
 """
 from __future__ import annotations
 
@@ -24,23 +25,19 @@ import numpy as np
 
 from unitio.units import UnitResult, check_audio_unit, check_frames_unit, check_text_unit
 
+from ..engine import check_finite
+from ..order import StreamOrder, UnitOutput
+from ..trace import SpanLog
 from .device import Device, torch_dtype
 from .engines import load_device_engines
 from .performer import SharedCachePerformer, TwoDevicePerformer
-from .state import DeviceKVCache
-from .thinker import DeviceThinker
-from ..engine import check_finite
-from ..host.engines import load_initial_state
-from .ledger import TransferLedger
-from ..host.session import StreamOrder, UnitOutput
-from ..spec import unit_spec
-from ..trace import SpanLog
+from .stack import DeviceStack, load_parts
 
 PLACEMENTS = ("one-gpu", "two-gpu", "two-process")
 THINKER_STAGES = ["audio_enc", "video_enc", "thinker_step", "audio_dec", "video_dec"]
 
 
-class DeviceSession(StreamOrder):
+class DeviceSession(StreamOrder, DeviceStack):
     """Streams one conversation through the engines of `directory` with device-resident state.
 
     device: the thinker's device ("cuda:0", or "cpu" for the CPU twin); performer_device: the
@@ -57,41 +54,14 @@ class DeviceSession(StreamOrder):
                  trust: str | Path | None = None) -> None:
         if placement not in PLACEMENTS:
             raise ValueError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
-        self.placement, self.seed, self.device, self._graphs = placement, seed, Device(device), graphs
-        self.ledger, self.log = TransferLedger(), SpanLog(nvtx=nvtx)
+        self.placement, self.seed, self._graphs = placement, seed, graphs
+        self.log = SpanLog(nvtx=nvtx)
+        dev = Device(device)
         stages = THINKER_STAGES + (["flow_step"] if placement == "one-gpu" else [])
-        if engines is not None:
-            manifest, loaded, initial = engines
-        else:
-            from ..manifest import read_manifest
-            from ..host.engines import installed_versions
-
-            manifest = read_manifest(directory, expect_preset, installed_versions(), trust=trust)
-            manifest, loaded = load_device_engines(directory, self.device, stages, threads, manifest, graphs=graphs)
-            initial = load_initial_state(directory, manifest)
-        self.manifest, self.spec = manifest, unit_spec(manifest)
-        s = self.spec
-        self.stream = self.device.stream()
-        self.cache = DeviceKVCache(s, self.device, initial.get("kv_cache"))
-        self.thinker = DeviceThinker(loaded, initial, s, self.device, self.ledger, self.cache, self.stream)
-        self.performer = self._performer(placement, directory, loaded, initial, performer_device, threads,
-                                         performer_timeout_s, trust)
-        capturable = self.thinker.capturable and getattr(self.performer, "capturable", True)
-        self.graphs = self.device.cuda and capturable if graphs is None else graphs
-        if self.graphs:
-            if not capturable:
-                raise ValueError("graphs=True: an engine of this directory cannot be captured in a CUDA graph "
-                                 "(ONNX Runtime runs on its own stream)")
-            self.thinker.capture()
-            self.performer.capture()
-            self.device.synchronize()
-        self.cache.reset()  # the captures' warm-up runs wrote into the state: start from a fresh stream
-        self.thinker.reset()
-        if isinstance(self.performer, TwoDevicePerformer):
-            self.performer.cache.reset()
-            self.performer.device.synchronize()
-        self.device.synchronize()  # the resets ran on the default stream; the unit path runs on others
-        self.delta_ready, self.out_ready = self.device.event(), self.device.event()
+        parts = engines if engines is not None else load_parts(directory, dev, stages, threads, expect_preset, trust, graphs)
+        loaded, initial = self._assemble(dev, parts)
+        self._start(self._performer(placement, directory, loaded, initial, performer_device, threads,
+                                    performer_timeout_s, trust), graphs)
         self.unit_index, self.received, self.decoded = 0, -1, 0
 
     def _performer(self, placement, directory, loaded, initial, performer_device, threads, timeout_s, trust):
@@ -146,17 +116,12 @@ class DeviceSession(StreamOrder):
         self.ledger.unit_done()
         return out
 
-    def close(self) -> None:
-        self.performer.close()
-
     def _receive(self, k: int) -> None:
         """y_k into the thinker's buffers, on its stream (the stream waits for the performer; the host does not)."""
         if k < 0 or self.received >= k:
             return
         with self.log("wait", k):
-            y_audio, y_video, ready = self.performer.result(k)
-            self.device.wait(self.stream, ready)
-            self.thinker.receive(y_audio, y_video)
+            self._take_y(k)
         self.received = k
 
     def _decode_through(self, k: int) -> UnitOutput | None:

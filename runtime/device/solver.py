@@ -17,8 +17,8 @@ from unitio.units import unit_noise
 
 from .device import Device, host_view, torch_dtype
 from .engines import DeviceEngine
-from .state import DeviceKVCache
 from .ledger import TransferLedger
+from .state import DeviceKVCache
 
 
 class DeviceSolver:
@@ -95,7 +95,3 @@ class DeviceSolver:
         """The N steps on the device; y_audio / y_video hold y_k after."""
         self._solve()
 
-
-def noise_nbytes(spec: SimpleNamespace) -> int:
-    """Bytes of one unit's seed noise (audio + video latents, float32)."""
-    return 4 * int(np.prod(spec.audio_latent_shape) + np.prod(spec.video_latent_shape))

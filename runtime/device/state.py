@@ -5,8 +5,9 @@ or FP8 E4M3 with per-layer, per-KV-head scales), and cache_len [B]; B rows are B
 (B = 1 but for engines built with `--batch B`), each at its own unit. `append` writes a unit's delta
 into its ring slot in place, with the slot computed on the device from the unit index tensor, so the
 append is capturable in the thinker's CUDA graph; an FP8 cache quantizes the delta as it writes it
-(the same arithmetic as model_src.kv_cache.quantize_fp8). The same ring as runtime/host/kv_cache.py and
-model_src/kv_cache.py: `sink_units` slots kept, then a window of `window_units` slots.
+(the same arithmetic as model_src.kv_cache.quantize_fp8). The ring is `unitio.units.cache_slot`, the
+one formula the reference (model_src/kv_cache.py) and the host path (runtime/host/kv_cache.py) use:
+`sink_units` slots kept, then a window of `window_units` slots.
 
 `PingPong`: a codec's state tensors twice; a call reads one set and writes the other, `flip` after the
 unit commits, so a failed unit leaves the state as it was and nothing is copied back.
@@ -18,6 +19,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from unitio.units import cache_slot
+
+from ..spec import delta_nbytes
 from .device import Device, torch_dtype
 
 FP8_E4M3_MAX = 448.0
@@ -34,6 +38,7 @@ class DeviceKVCache:
         self.rows = spec.cache_shape[1]  # sessions in the batch (1 but for `streamer build --batch B`)
         self.length = device.empty((self.rows,), torch.int64)
         self.units = spec.sink_units + spec.window_units
+        self.append_nbytes = delta_nbytes(spec)  # what one append writes (the ledger's d2d of a unit)
         t = spec.unit_tokens
         self._offsets = torch.arange(t, device=device.torch, dtype=torch.int64)
         if self.fp8:
@@ -63,8 +68,7 @@ class DeviceKVCache:
         device), in place, and set each row's valid length. Device ops only (no host value needed):
         capturable. Rows are independent sessions, each at its own unit."""
         s, w, t = self.spec.sink_units, self.spec.window_units, self.spec.unit_tokens
-        slot = torch.where(unit < s + w, unit, s + torch.remainder(unit - s, w))
-        positions = slot[:, None] * t + self._offsets  # [B, T]
+        positions = cache_slot(unit, s, w)[:, None] * t + self._offsets  # [B, T]
         k, v = self.k, self.v
         if self.fp8:
             self._quantize(self._qk, k_delta, self.scales[0])

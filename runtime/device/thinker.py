@@ -20,8 +20,8 @@ import torch
 
 from .device import Device, host_view, torch_dtype
 from .engines import DeviceEngine
-from .state import DeviceKVCache, PingPong
 from .ledger import TransferLedger
+from .state import DeviceKVCache, PingPong
 
 
 def _spec_dtypes(engine: DeviceEngine) -> dict[str, torch.dtype]:
@@ -60,17 +60,12 @@ class DeviceThinker:
                 feed[name] = dst = dev.empty(src.shape, t_dtypes[name])
                 casts["think" if name.endswith("_prev") else "encode"].append(lambda dst=dst, src=src: dst.copy_(src))
         self.think_out = think.allocate_outputs()
-        think_call = think.bind({"text_in": self.dev_in["text"], **feed, **cache.feeds([t.name for t in think.inputs]),
-                                 "unit_index": self.dev_in["unit"]}, self.think_out)
+        self._thinker_step = think.bind({"text_in": self.dev_in["text"], **feed,
+                                         **cache.feeds([t.name for t in think.inputs]),
+                                         "unit_index": self.dev_in["unit"]}, self.think_out)
         self._encode_calls = [self._bind_encode(engines, enc_out, parity, casts["encode"]) for parity in (0, 1)]
         self.prev_casts = casts["think"]  # y_(k-1) into thinker_step's dtype, run first in the think phase
-
-        def think_phase() -> None:
-            for cast in self.prev_casts:
-                cast()
-            think_call()
-            cache.append(self.dev_in["unit"], self.think_out["k_delta"], self.think_out["v_delta"])
-        self._think_call = think_phase
+        self._think_call = self._think_phase  # its CUDA graph once captured
         dec_out = {stage: engines[stage].allocate_outputs() for stage in ("audio_dec", "video_dec")}
         self.wave_out, self.video_out = dec_out["audio_dec"]["wave"], dec_out["video_dec"]["frames"]
         self.frames_out = dev.empty((b, f, h, w, 3), torch.uint8)
@@ -108,6 +103,14 @@ class DeviceThinker:
             x = torch.clamp(torch.round((video + 1.0) * 127.5), 0, 255).to(torch.uint8)
             frames.copy_(x.permute(0, 2, 3, 4, 1))
         return call
+
+    def _think_phase(self) -> None:
+        """y_(k-1) cast for thinker_step, thinker_step on the cache of units < k, its delta appended into
+        the slot of unit k (on the device: the unit index is a device tensor, so a graph may hold it)."""
+        for cast in self.prev_casts:
+            cast()
+        self._thinker_step()
+        self.cache.append(self.dev_in["unit"], self.think_out["k_delta"], self.think_out["v_delta"])
 
     def capture(self) -> None:
         """Replace each phase by its CUDA graph (warm-up runs included; call `reset` after)."""
@@ -158,7 +161,7 @@ class DeviceThinker:
     def think(self) -> None:
         """thinker_step of the encoded unit on the cache, then its delta appended (one graph)."""
         self._think_call()
-        self.ledger.count("d2d", 2 * self.think_out["k_delta"].numel() * self.cache.k.element_size())  # the append
+        self.ledger.count("d2d", self.cache.append_nbytes)  # the append
 
     def tokens_out(self) -> None:
         self.ledger.d2h(self.host_out["tokens"], self.think_out["text_tokens"])

@@ -4,9 +4,9 @@ An Engine has `inputs` / `outputs` (TensorSpec lists from the manifest) and `run
 {name: array}`; feeds are checked against the spec first (names, shapes, dtypes), so a wrong input
 fails with a message naming expected and received, not inside the backend.
 This is the host path (numpy in and out, CPU engines): "ort" (onnxruntime) and "aoti" (CPU
-AOTInductor packages: torch, no model_src), each imported only when such an engine is loaded; this
-module imports neither torch nor model_src itself. Engines for a GPU (trt, aoti --device cuda) run on
-the device path (runtime/device/engines.py), bound once to device-resident buffers.
+AOTInductor packages through torch: runtime/aoti.py, outside this torch-free package), each imported
+only when such an engine is loaded. Engines for a GPU (trt, aoti --device cuda) run on the device path
+(runtime/device/engines.py), bound once to device-resident buffers.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import Engine, EngineInputError  # noqa: F401  (the interface, re-exported)
+from ..engine import Engine, EngineInputError, installed_versions  # noqa: F401  (the interface, re-exported)
 from ..manifest import ManifestError, read_manifest, stage_io
 
 
@@ -62,40 +62,16 @@ def check_io(stage: str, path: Path, side: str, specs, args) -> None:
                             f"engine file {path.name} has [{show(found)}] (a forged or mismatched manifest)")
 
 
-class AotiEngine(Engine):
-    """An AOTInductor package; needs torch (imported here, when such an engine is loaded)."""
+def _engine_type(backend: str):
+    """The host path's Engine class for `backend` (None: not one of the host path's)."""
+    if backend == "aoti":
+        from ..aoti import AotiEngine
 
-    backend = "aoti"
-
-    def __init__(self, stage: str, path: Path, inputs, outputs) -> None:
-        import torch
-
-        super().__init__(stage, inputs, outputs)
-        self._torch = torch
-        self.runner = torch._inductor.aoti_load_package(str(path))
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.check(feeds)
-        args = [self._torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in self.inputs]
-        with self._torch.no_grad():
-            outs = self.runner(*args)
-        return {t.name: o.numpy() for t, o in zip(self.outputs, outs)}
+        return AotiEngine
+    return {"ort": OrtEngine}.get(backend)
 
 
-ENGINE_TYPES = {"ort": OrtEngine, "aoti": AotiEngine}  # the host path; GPU engines: device_engines.py
-
-
-def installed_versions() -> dict[str, str | None]:
-    """Versions of the backend libraries on this machine (None where one is not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for lib in ("onnxruntime", "torch", "tensorrt", "onnx"):
-        try:
-            out[lib] = version(lib)
-        except PackageNotFoundError:
-            out[lib] = None
-    return out
+HOST_BACKENDS = ("aoti", "ort")  # GPU engines: runtime/device/engines.py
 
 
 def load_engines(directory: str | Path, expect_preset: str | None = None, threads: int | None = None,
@@ -109,10 +85,10 @@ def load_engines(directory: str | Path, expect_preset: str | None = None, thread
         raise ManifestError(f"{directory} holds {manifest['backend']} engines for a CUDA GPU: they run on the device "
                             f"path, with the cache and codec states resident there (runtime/device/session.py, "
                             f"`--placement one-gpu`), not on this host path")
-    kind = ENGINE_TYPES.get(manifest["backend"])
+    kind = _engine_type(manifest["backend"])
     if kind is None:
         raise ManifestError(f"{directory}: backend {manifest['backend']!r} cannot be loaded by this runtime; "
-                            f"it loads {sorted(ENGINE_TYPES)} on the host path")
+                            f"it loads {list(HOST_BACKENDS)} on the host path")
     engines = {}
     for stage, info in manifest["stages"].items():
         if stages is not None and stage not in stages:
@@ -121,26 +97,3 @@ def load_engines(directory: str | Path, expect_preset: str | None = None, thread
         extra = {"threads": threads} if kind is OrtEngine else {}
         engines[stage] = kind(stage, directory / info["file"], inputs, outputs, **extra)
     return manifest, engines
-
-
-def load_initial_state(directory: str | Path, manifest: dict) -> dict[str, dict[str, np.ndarray]]:
-    """{stage: {input name: array}}: the codec stages' state inputs for a fresh stream."""
-    from safetensors.numpy import load_file
-
-    rel, where = manifest["initial_state"], Path(directory)
-    try:
-        flat = load_file(str(where / rel))
-    except Exception as e:  # safetensors' own error types for a file that is not safetensors
-        raise ManifestError(f"{where}: initial_state {rel}: expected a safetensors file of the codec stages' "
-                            f"initial state, got an error: {str(e)[:200] or type(e).__name__}") from None
-    specs = {stage: {t.name: t for t in stage_io(manifest, stage)[0]} for stage in manifest["stages"]}
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for key, array in flat.items():
-        stage, _, name = key.partition(".")
-        spec = specs.get(stage, {}).get(name)
-        if spec is None or tuple(array.shape) != tuple(spec.shape) or str(array.dtype) != spec.dtype:
-            want = "no such stage input" if spec is None else f"{spec.dtype} {list(spec.shape)}"
-            raise ManifestError(f"{where}: initial_state {rel}: {key[:80]!r} ({array.dtype} {list(array.shape)}) is "
-                                f"not a state input of stage {stage[:40]!r} as the manifest declares it ({want})")
-        out.setdefault(stage, {})[name] = array
-    return out

@@ -1,12 +1,12 @@
-"""The KV cache as preallocated numpy buffers (sink units + a ring window), written one unit at a time.
-The same arithmetic as `model_src.kv_cache.append_unit`, without torch."""
+"""The KV cache as preallocated numpy buffers (sink units + a ring window), written one unit at a time
+by `unitio.units.write_unit`, the append `model_src.kv_cache.append_unit` runs too (without torch here)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import numpy as np
 
-from unitio.units import cache_slot
+from unitio.units import write_unit
 
 
 class KVBuffers:
@@ -23,11 +23,8 @@ class KVBuffers:
 
     def append(self, unit_index: int, k_delta: np.ndarray, v_delta: np.ndarray) -> None:
         """Write unit `unit_index`'s keys/values [L, 1, Hkv, tokens_per_unit, D] into its slot (in place)."""
-        t = self.spec.unit_tokens
-        start = cache_slot(unit_index, self.spec.sink_units, self.spec.window_units) * t
-        self.k[..., start:start + t, :] = k_delta
-        self.v[..., start:start + t, :] = v_delta
-        self.length[0] = min(unit_index + 1, self.units) * t
+        write_unit(self.k, self.v, self.length, unit_index, k_delta, v_delta, self.spec.sink_units,
+                   self.spec.window_units)
 
     def feeds(self) -> dict[str, np.ndarray]:
         return {"cache_k": self.k, "cache_v": self.v, "cache_len": self.length}

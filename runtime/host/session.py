@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,59 +29,18 @@ from unitio.units import (
 )
 
 from ..child import claim_core
-from .engines import load_engines, load_initial_state
+from ..engine import load_initial_state
+from ..order import StreamOrder, UnitOutput
+from ..spec import unit_spec
+from ..trace import SpanLog
+from ..worker import check_worker_options
+from .engines import load_engines
 from .kv_cache import KVBuffers
 from .performer import LocalPerformer, PerformerProcess
 from .solver import FlowSolver
-from ..spec import unit_spec
 from .thinker import Thinker
-from ..trace import SpanLog
 
 MODES = ("sequential", "pipelined")
-
-
-def check_worker_options(threads: int | None, timeout_s: float | None) -> None:
-    """Refuse thread counts outside 1..cores and timeouts that are not positive and finite."""
-    cores = len(os.sched_getaffinity(0))
-    if threads is not None and not 1 <= threads <= cores:
-        raise ValueError(f"threads: expected 1 to {cores} (the cores this process may use), got {threads}")
-    if timeout_s is not None and not 0 < timeout_s < float("inf"):
-        raise ValueError(f"performer timeout: expected a positive, finite number of seconds, got {timeout_s}")
-
-
-@dataclass
-class UnitOutput:
-    """Decoded output of one unit: audio [samples_per_unit] float32, frames [F, H, W, 3] uint8."""
-
-    unit_index: int
-    audio: np.ndarray
-    frames: np.ndarray
-
-
-class StreamOrder:
-    """What both sessions share (this host path, and runtime/device/session.py): the order in which a
-    unit's output leaves (at the next step, early by `decode_ready`, or at `flush`), and closing as a
-    context manager. Subclasses keep `unit_index`, `received`, `decoded`, `performer` and `_decode_through`."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def decode_ready(self) -> UnitOutput | None:
-        """If the last submitted unit's y has arrived and is not decoded yet, decode it now (live mode:
-        output goes out before the next input is in); otherwise None, without waiting."""
-        k = self.unit_index - 1
-        if k < self.decoded or not (self.received >= k or self.performer.ready(k)):
-            return None
-        return self._decode_through(k)
-
-    def flush(self) -> UnitOutput | None:
-        """Wait for and decode the last unit's latents (None if `decode_ready` already gave them)."""
-        if self.unit_index == 0:
-            raise RuntimeError("flush() before any unit was streamed: there is nothing to decode")
-        return self._decode_through(self.unit_index - 1)
 
 
 class EngineSession(StreamOrder):

@@ -1,8 +1,8 @@
 """Fixed-shape arrays in one shared-memory block, double-buffered: how the KV delta and the latents
 move between the thinker and performer processes without pickling or allocating per unit.
 
-    layout = {"k_delta": ((L, 1, Hkv, T, D), "float32"), ...}
-    slots = SharedSlots.create(layout, n_slots=2)       # thinker: owns the block
+    layout = pipelined_slot_layout(spec)                 # {"k_delta": ((L, 1, Hkv, T, D), "float32"), ...}
+    slots = SharedSlots.create(layout, n_slots=2)        # thinker: owns the block
     twin = SharedSlots.attach(slots.name, layout, 2)     # performer: the same memory
     slots.view(k % 2, "k_delta")[...] = delta            # one memcpy; the view is made once
 
@@ -11,28 +11,20 @@ device and moves only the delta (runtime/device/performer.py, runtime/device/exc
 """
 from __future__ import annotations
 
-import sys
 from multiprocessing import shared_memory
+from types import SimpleNamespace
 
 import numpy as np
 
-ALIGN = 256  # bytes; every array starts on a 256-byte boundary (friendly to DMA and SIMD)
-
-Layout = dict[str, tuple[tuple[int, ...], str]]
+from ..worker import Layout, attach_shm, close_shm, create_shm, slot_offsets
 
 
-def slot_offsets(layout: Layout, n_slots: int, itemsize=lambda dtype: np.dtype(dtype).itemsize
-                 ) -> tuple[dict[tuple[int, str], int], int]:
-    """({(slot, name): byte offset}, total bytes) of `n_slots` copies of `layout`, each array ALIGN-aligned;
-    `itemsize(dtype name)` gives an element's bytes (numpy's by default; the device exchange passes torch's,
-    which knows bfloat16 and float8)."""
-    offsets, pos = {}, 0
-    for slot in range(n_slots):
-        for name, (shape, dtype) in layout.items():
-            offsets[slot, name] = pos
-            nbytes = int(np.prod(shape)) * itemsize(dtype)
-            pos += -(-nbytes // ALIGN) * ALIGN
-    return offsets, max(pos, ALIGN)
+def pipelined_slot_layout(spec: SimpleNamespace) -> Layout:
+    """One slot of the pipelined mode's block: thinker -> performer the KV delta, performer -> thinker the
+    clean latents y_k and its span times (append start/end, solve start/end; perf_counter seconds)."""
+    return {"k_delta": (spec.delta_shape, spec.cache_dtype), "v_delta": (spec.delta_shape, spec.cache_dtype),
+            "y_audio": (spec.audio_latent_shape, "float32"), "y_video": (spec.video_latent_shape, "float32"),
+            "spans": ((4,), "float64")}
 
 
 class SharedSlots:
@@ -48,20 +40,14 @@ class SharedSlots:
     def create(cls, layout: Layout, n_slots: int = 2) -> SharedSlots:
         """A new zeroed block (this process unlinks it on close)."""
         _, nbytes = slot_offsets(layout, n_slots)
-        shm = shared_memory.SharedMemory(create=True, size=nbytes)
+        shm = create_shm(nbytes)
         np.frombuffer(shm.buf, np.uint8)[:] = 0
         return cls(shm, layout, n_slots, owner=True)
 
     @classmethod
     def attach(cls, name: str, layout: Layout, n_slots: int = 2) -> SharedSlots:
         """The block another process created, by name (its creator alone unlinks it)."""
-        shm = shared_memory.SharedMemory(name=name)
-        if sys.version_info < (3, 13):  # attaching registers the block with this process's resource
-            # tracker, which would unlink it when this process exits (Python 3.13 has track=False)
-            from multiprocessing import resource_tracker
-
-            resource_tracker.unregister(shm._name, "shared_memory")
-        return cls(shm, layout, n_slots, owner=False)
+        return cls(attach_shm(name), layout, n_slots, owner=False)
 
     @property
     def name(self) -> str:
@@ -74,12 +60,4 @@ class SharedSlots:
     def close(self) -> None:
         """Drop the views, close; the creating process also unlinks the block."""
         self._views.clear()
-        try:
-            self.shm.close()
-        except BufferError:  # a caller still holds a view; the block goes when the process does
-            pass
-        if self.owner:
-            try:
-                self.shm.unlink()
-            except FileNotFoundError:
-                pass
+        close_shm(self.shm, self.owner)

@@ -14,10 +14,10 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from unitio.names import TRANSFORMER_STAGES
+
 from .options import BACKENDS, QUANTIZED, BuildOptionError, BuildOptions, describe, prepare_system
 from .stages import StageSpec, make_stages, per_layer_cache
-
-TRANSFORMER_STAGES = ("thinker_step", "flow_step")
 
 
 def build(system, out: Path, backend: str = "ort", precision: str = "fp32", weights: dict | None = None,

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import torch
 
+from unitio.names import FP8_E4M3_MAX
 from unitio.units import cache_slot as shared_cache_slot
 from unitio.units import write_unit
 
@@ -35,9 +36,6 @@ def init_cache(p: Preset, batch: int, dtype: torch.dtype = torch.float32,
 def cache_slot(p: Preset, unit_index: int) -> int:
     """Unit slot (0 .. cache_units - 1) that unit `unit_index` is written to."""
     return shared_cache_slot(unit_index, p.sink_units, p.window_units)
-
-
-FP8_E4M3_MAX = 448.0
 
 
 def quantize_fp8(delta: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

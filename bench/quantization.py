@@ -24,8 +24,8 @@ from calibration.accuracy import THRESHOLDS, session_diff, stage_error
 from calibration.quantize import fp8_roundtrip, import_modelopt, kv_scales, quant_config, quantize_stage
 from calibration.record import load_calibration, record, stage_feeds
 from calibration.torch_engines import TorchStageEngine, torch_parts
-from export.stages import make_stages
 from model_src.config import get_preset
+from model_src.stages import make_stages
 from model_src.system import build_system
 from runtime.engine import Engine
 from runtime.host.session import EngineSession

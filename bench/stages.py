@@ -13,8 +13,8 @@ import platform
 
 import torch
 
-from export.stages import make_stages
 from export.verify import reference_system
+from model_src.stages import make_stages
 from runtime.host.engines import load_engines
 from runtime.manifest import read_manifest
 from unitio.timing import median_ms

@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import torch
 
-from export.stages import make_stages
+from model_src.stages import make_stages
 from unitio.names import FP8_E4M3_MAX, TRANSFORMER_STAGES
 
 from .record import stage_feeds

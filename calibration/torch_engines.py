@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from export.stages import StageSpec, make_stages
+from model_src.stages import StageSpec, make_stages
 from runtime.engine import Engine
 from runtime.manifest import TensorSpec
 

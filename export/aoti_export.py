@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
+from model_src.stages import StageSpec
 from runtime.manifest import TensorSpec
 
 from .placement import check_placement
-from .stages import StageSpec
 
 
 def export_stage_aoti(spec: StageSpec, path: Path, device: str = "cpu") -> tuple[list[TensorSpec], list[TensorSpec]]:

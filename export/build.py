@@ -14,10 +14,10 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from model_src.stages import StageSpec, make_stages, per_layer_cache
 from unitio.names import TRANSFORMER_STAGES
 
 from .options import BACKENDS, QUANTIZED, BuildOptionError, BuildOptions, describe, prepare_system
-from .stages import StageSpec, make_stages, per_layer_cache
 
 
 def build(system, out: Path, backend: str = "ort", precision: str = "fp32", weights: dict | None = None,

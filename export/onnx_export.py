@@ -9,9 +9,8 @@ from pathlib import Path
 import onnx
 import torch
 
+from model_src.stages import StageSpec
 from runtime.manifest import TensorSpec
-
-from .stages import StageSpec
 
 OPS_FILE = Path(__file__).with_name("tensorrt_onnx_ops.txt")
 PLUGIN_OPS = {"streamer": {"BlockAttentionPartial", "BlockAttentionPartialFP8", "BlockAttentionCombine"}}  # kernels/onnx.py

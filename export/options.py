@@ -137,7 +137,7 @@ def prepare_system(system, options: BuildOptions) -> None:
 
 def describe(options: BuildOptions, system) -> dict:
     """The manifest's record of these options (after `prepare_system`)."""
-    from .stages import cache_dtype
+    from model_src.stages import cache_dtype
 
     scales = system.model.backbone.kv_cache_scales
     return {"precision": options.precision, "attention": options.attention,

@@ -16,7 +16,7 @@ from polygraphy.common import TensorMetadata
 from polygraphy.comparator import Comparator, CompareFunc
 from polygraphy.logger import G_LOGGER
 
-from .stages import StageSpec
+from model_src.stages import StageSpec
 
 G_LOGGER.module_severity = G_LOGGER.ERROR  # verify prints its own table; polygraphy's run log is noise there
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import onnx
 import torch
 
+from model_src.stages import StageSpec
 from runtime.manifest import TensorSpec
 
 from .onnx_export import _specs, check_tensorrt_ops
-from .stages import StageSpec
 
 FP8_OPS = {"trt": {"TRT_FP8QuantizeLinear", "TRT_FP8DequantizeLinear"}}  # TensorRT's own FP8 Q/DQ
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from model_src.config import Preset
+from model_src.stages import make_stages
 
-from .stages import make_stages
 from .tolerances import Tolerance, tolerance
 
 

@@ -11,8 +11,8 @@ from calibration.accuracy import THRESHOLDS, cosine, snr_db, stage_error
 from calibration.quantize import fp8_roundtrip, kv_scales, quantize_stage, quantizer_count
 from calibration.record import CalibrationError, load_calibration, record, stage_feeds
 from calibration.torch_engines import TorchStageEngine
-from export.stages import make_stages
 from helpers import report
+from model_src.stages import make_stages
 from runtime.manifest import read_manifest
 from streamer.cli import main
 from unitio.media import split_units, synthetic_input

@@ -115,7 +115,7 @@ def test_aoti_package_of_a_stage_runs_through_the_runtime(tmp_path, tiny_system)
     import torch
 
     from export.aoti_export import export_stage_aoti
-    from export.stages import make_stages
+    from model_src.stages import make_stages
     from runtime.aoti import AotiEngine
 
     spec = next(s for s in make_stages(tiny_system) if s.name == "video_enc")

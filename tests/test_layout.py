@@ -13,13 +13,13 @@ ALLOWED = {
     "kernels": {"unitio"},
     "model_src": {"unitio", "kernels"},
     "runtime": {"unitio", "kernels"},  # kernels: the TensorRT plugin, where a trt engine is loaded
-    # calibration records and quantizes the stage wrappers (export.stages, which import only model_src);
-    # export's build and verify use calibration's quantized modules and metrics
-    "calibration": {"unitio", "kernels", "model_src", "runtime", "export.stages"},
+    # calibration records and quantizes the stage wrappers (model_src.stages); export's build and verify
+    # use calibration's quantized modules and metrics
+    "calibration": {"unitio", "kernels", "model_src", "runtime"},
     "export": {"unitio", "kernels", "model_src", "runtime", "calibration"},
-    # training (issue 14): the conversation and its metrics are numpy only; the trainer uses model_src
+    # training: the conversation and its metrics are numpy only; the trainer uses model_src
     "training": {"unitio", "kernels", "model_src", "runtime", "export", "calibration"},
-    # serve (issue 15): the protocol, the replica and the Ray Serve app run on the runtime, never model_src
+    # serve: the protocol, the replica and the Ray Serve app run on the runtime, never model_src
     "serve": {"unitio", "runtime"},
     "streamer": {"unitio", "kernels", "model_src", "runtime", "export", "calibration", "planning", "training", "serve"},
 }

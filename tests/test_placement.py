@@ -7,7 +7,7 @@ from torch import nn
 
 from export.aoti_export import export_stage_aoti
 from export.placement import PlacementError, misplaced
-from export.stages import StageSpec, make_stages
+from model_src.stages import StageSpec, make_stages
 from model_src.system import build_system
 
 

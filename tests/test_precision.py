@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from export.options import BuildOptionError, BuildOptions
-from export.stages import make_stages, per_layer_cache
 from export.tolerances import tolerance
 from helpers import report
+from model_src.stages import make_stages, per_layer_cache
 from model_src.system import build_system
 from streamer.cli import main
 

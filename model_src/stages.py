@@ -24,8 +24,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from model_src.kv_cache import init_cache
-from model_src.system import AVSystem
+from .kv_cache import init_cache
+from .system import AVSystem
 
 
 @dataclass

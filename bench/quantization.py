@@ -64,7 +64,7 @@ def quantize_codec(system, stage: str, tensors, precision: str):
 
 
 def units_of(preset, n: int, seed: int):
-    """n units of the synthetic conversation `seed` (what `--input synthetic` streams; issue 14)."""
+    """n units of the synthetic conversation `seed` (what `--input synthetic` streams)."""
     from training.conversation import ConversationUnits
 
     return list(ConversationUnits(preset, n, seed))

@@ -56,7 +56,7 @@ def reference_system(manifest: dict):
     preset = Preset.from_json(manifest["preset"]["json"])
     weights = manifest.get("weights", {})
     system = build_system(preset, seed=weights.get("seed", 0))
-    if "embedded" in weights:  # the trained weights shipped in the package (issue 14): the same file, by hash
+    if "embedded" in weights:  # the trained weights shipped in the package: the same file, by hash
         from model_src.weights import WeightsError, embedded_weights
         from runtime.manifest import sha256
 

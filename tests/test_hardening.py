@@ -1,4 +1,4 @@
-"""Issue 16: every bad input a clear refusal (exit code 2, naming what was expected, what came and the
+"""Every bad input a clear refusal (exit code 2, naming what was expected, what came and the
 file), never a traceback; outputs streamed to disk and kept on a fault; signed engine directories.
 
 `CASES` is the table of every refusal the issue lists: each builds its files in tmp_path and gives the

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from unitio.names import filler_frame
 from unitio.units import InputError
 
 from .order import UnitOutput
@@ -86,7 +87,7 @@ def run_live(session, source: LiveInput, n_units: int, emit: Callable[[UnitOutpu
     unit_s = s.unit_ms / 1000.0
     arrival: dict[int, float] = {}
     silence = np.zeros(s.samples_per_unit, np.float32)
-    last_frames = np.full((s.frames_per_unit, s.frame_height, s.frame_width, 3), 128, np.uint8)
+    last_frames = filler_frame(s, s.frames_per_unit)
 
     def filler() -> tuple[np.ndarray, np.ndarray]:  # silence and the last frame seen, held
         return silence, np.repeat(last_frames[-1:], s.frames_per_unit, 0)

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from unitio.jsonsafe import loads_bounded
 from unitio.limits import DTYPES, preset_problem, shape_problem
+from unitio.names import STAGES
 
 from .signing import SIGNATURE, sign_manifest, verify_manifest
 
@@ -143,7 +144,6 @@ def confined(directory: Path, rel: object, what: str) -> Path:
     return full
 
 
-_STAGES = ("audio_enc", "video_enc", "thinker_step", "flow_step", "audio_dec", "video_dec")
 _TOP = {"preset": dict, "backend": str, "backend_library": str, "precision": str, "target": dict, "versions": dict,
         "weights": dict, "stages": dict, "initial_state": str, "files": dict}
 _OPTIONAL = {
@@ -183,7 +183,7 @@ def check_structure(manifest: dict, path: Path) -> None:
     need(all(isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v) for v in files.values()),
          "files: expected path -> SHA-256 (64 hex digits)", files)
     stages = manifest["stages"]
-    need(set(stages) == set(_STAGES), f"stages: expected {list(_STAGES)}", sorted(stages))
+    need(set(stages) == set(STAGES), f"stages: expected {list(STAGES)}", sorted(stages))
     for name, info in stages.items():
         need(isinstance(info, dict) and isinstance(info.get("file"), str) and isinstance(info.get("precision"), str)
              and isinstance(info.get("inputs"), list) and isinstance(info.get("outputs"), list)

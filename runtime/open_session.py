@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from unitio.names import PLACEMENTS
+
 from .host.session import MODES, EngineSession
 from .manifest import ManifestError
 from .worker import check_worker_options
 
-PLACEMENTS = ("one-gpu", "two-gpu", "two-process")
 HOWS = MODES + PLACEMENTS
 
 

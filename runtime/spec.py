@@ -7,8 +7,11 @@ from types import SimpleNamespace
 import numpy as np
 
 from unitio.jsonsafe import loads_bounded
+from unitio.names import STAGES
 
 from .manifest import ManifestError, stage_io
+
+THINKER_STAGES = tuple(s for s in STAGES if s != "flow_step")  # the thinker's engines (the performer: flow_step)
 
 
 def unit_spec(manifest: dict) -> SimpleNamespace:

@@ -21,14 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from unitio.names import STAGES, filler_frame
 from unitio.units import InputError, UnitResult, check_audio_unit, check_frames_unit, check_text_unit
 
 from ..engine import check_finite
 from .device import Device
 from .performer import SharedCachePerformer
 from .stack import DeviceStack, load_parts
-
-STAGES = ["audio_enc", "video_enc", "thinker_step", "flow_step", "audio_dec", "video_dec"]
 
 
 class RowsFull(ValueError):
@@ -50,8 +49,7 @@ class BatchedSession(DeviceStack):
                     graphs)
         self.live: dict[int, int] = {}  # row -> the row's next unit index
         self.seeds = [seed] * self.rows
-        s = self.spec
-        self._last_frames = np.full((self.rows, s.frames_per_unit, s.frame_height, s.frame_width, 3), 128, np.uint8)
+        self._last_frames = filler_frame(self.spec, self.rows, self.spec.frames_per_unit)
         self._submitted = False  # a solve is in flight (its y not yet handed to the thinker)
 
     # --- rows ------------------------------------------------------------------------------------------

@@ -23,18 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
+from unitio.names import PLACEMENTS
 from unitio.units import UnitResult, check_audio_unit, check_frames_unit, check_text_unit
 
 from ..engine import check_finite
 from ..order import StreamOrder, UnitOutput
+from ..spec import THINKER_STAGES
 from ..trace import SpanLog
 from .device import Device, torch_dtype
 from .engines import load_device_engines
 from .performer import SharedCachePerformer, TwoDevicePerformer
 from .stack import DeviceStack, load_parts
-
-PLACEMENTS = ("one-gpu", "two-gpu", "two-process")
-THINKER_STAGES = ["audio_enc", "video_enc", "thinker_step", "audio_dec", "video_dec"]
 
 
 class DeviceSession(StreamOrder, DeviceStack):
@@ -57,7 +56,7 @@ class DeviceSession(StreamOrder, DeviceStack):
         self.placement, self.seed, self._graphs = placement, seed, graphs
         self.log = SpanLog(nvtx=nvtx)
         dev = Device(device)
-        stages = THINKER_STAGES + (["flow_step"] if placement == "one-gpu" else [])
+        stages = [*THINKER_STAGES, *(["flow_step"] if placement == "one-gpu" else [])]
         parts = engines if engines is not None else load_parts(directory, dev, stages, threads, expect_preset, trust, graphs)
         loaded, initial = self._assemble(dev, parts)
         self._start(self._performer(placement, directory, loaded, initial, performer_device, threads,

@@ -19,12 +19,11 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from unitio.names import FP8_E4M3_MAX
 from unitio.units import cache_slot
 
 from ..spec import delta_nbytes
 from .device import Device, torch_dtype
-
-FP8_E4M3_MAX = 448.0
 
 
 class DeviceKVCache:

@@ -31,7 +31,7 @@ from unitio.units import (
 from ..child import claim_core
 from ..engine import load_initial_state
 from ..order import StreamOrder, UnitOutput
-from ..spec import unit_spec
+from ..spec import THINKER_STAGES, unit_spec
 from ..trace import SpanLog
 from ..worker import check_worker_options
 from .engines import load_engines
@@ -59,8 +59,7 @@ class EngineSession(StreamOrder):
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         check_worker_options(threads, performer_timeout_s)
-        thinker_stages = ["audio_enc", "video_enc", "thinker_step", "audio_dec", "video_dec"]
-        stages = thinker_stages + (["flow_step"] if mode == "sequential" else [])
+        stages = [*THINKER_STAGES, *(["flow_step"] if mode == "sequential" else [])]
         manifest, engines = load_engines(directory, expect_preset, threads, stages=stages, trust=trust)
         self._start(manifest, engines, load_initial_state(directory, manifest), seed, nvtx)
         self.mode = mode

@@ -24,6 +24,7 @@ from runtime.engine import Engine
 from runtime.host.kv_cache import KVBuffers
 from runtime.spec import unit_spec
 from unitio.jsonsafe import loads_bounded
+from unitio.names import TRANSFORMER_STAGES
 
 from .torch_engines import TorchStageEngine, torch_parts
 
@@ -147,7 +148,7 @@ def stage_feeds(tensors: dict[str, np.ndarray], stage: str, system) -> Iterator[
     if not recorded:
         raise CalibrationError(f"the calibration set has no inputs of stage {stage!r}")
     n = len(next(iter(recorded.values())))
-    cached = stage in ("thinker_step", "flow_step")  # the cache shapes come from thinker_step's I/O
+    cached = stage in TRANSFORMER_STAGES  # the cache shapes come from thinker_step's I/O
     manifest, engines, initial = torch_parts(system, stages=("thinker_step",) if cached else (stage,))
     if cached:
         spec = unit_spec(manifest)

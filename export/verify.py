@@ -17,6 +17,7 @@ import torch
 
 from model_src.config import Preset
 from model_src.stages import make_stages
+from unitio.names import TRANSFORMER_STAGES
 
 from .tolerances import Tolerance, tolerance
 
@@ -88,7 +89,7 @@ def verify(directory: str | Path, units: int = 3, seed: int = 0, polygraphy: boo
             held_out = held_out if held_out is not None else _held_out_inputs(system, units, seed)
             results.append(_quantized_check(spec, system, engine, held_out, precision))
             continue
-        transformer = spec.name in ("thinker_step", "flow_step")
+        transformer = spec.name in TRANSFORMER_STAGES
         worst = check_stage(spec, engine, precision, units, g, system.preset, scales if transformer else None)
         if polygraphy and manifest["backend"] in ("ort", "trt") and precision == "fp32":
             worst.polygraphy = polygraphy_agrees(spec, manifest["backend"],

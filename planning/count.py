@@ -23,12 +23,12 @@ from torch.utils._pytree import tree_flatten
 import model_src.backbone as backbone_module
 from model_src.config import Preset
 from model_src.system import build_system
+from unitio.names import TRANSFORMER_STAGES
 
 from .ops import Kernel, Recorder, fuse
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}
 ELEMENT = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}  # bytes per weight / cache element of the build
-TRANSFORMER = ("thinker_step", "flow_step")
 REPLICATE_LAYERS = True  # record decoder layer 0 of each pass and replay it for the others (same kernels)
 
 
@@ -111,7 +111,7 @@ def _count_stages(p: Preset, precision: str) -> list[StageCost]:
         calls = _meta_inputs(system, p, DTYPES[precision])
     costs = []
     for name, (fn, args) in calls.items():
-        transformer = name in TRANSFORMER
+        transformer = name in TRANSFORMER_STAGES
         rec = Recorder(weights)
         rec.part = "embed + glue" if transformer else "codec"
         with _labelled(system.model.backbone, rec, scale, REPLICATE_LAYERS), torch.no_grad(), rec:

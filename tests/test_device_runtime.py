@@ -161,3 +161,80 @@ def test_aoti_packages_load_single_threaded_where_cuda_graphs_capture_them(monke
     assert calls == [{"device_index": 1, "run_single_threaded": True}, {"device_index": 1, "run_single_threaded": True},
                      {"device_index": 1, "run_single_threaded": False}, {}]
     inspect.signature(real).bind("x.pt2", **calls[0])  # the installed torch's loader accepts both keywords
+
+
+def _ring_caches(tiny, units, slot):
+    """(reference, host, device) caches after appending `units` (fp32 deltas: the unit index + 1), the host
+    and device paths with the ring formula `slot` in place of unitio.units.cache_slot (the reference's kept)."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    import runtime.device.state
+    import unitio.units
+    from model_src.kv_cache import append_unit, init_cache
+    from runtime.device.device import Device
+    from runtime.device.state import DeviceKVCache
+    from runtime.host.kv_cache import KVBuffers
+
+    shape = (tiny.n_layers, 1, tiny.n_kv_heads, tiny.cache_capacity, tiny.head_dim)
+    delta_shape = shape[:3] + (tiny.tokens_per_unit, tiny.head_dim)
+    spec = SimpleNamespace(cache_shape=shape, cache_dtype="float32", delta_shape=delta_shape,
+                           unit_tokens=tiny.tokens_per_unit, sink_units=tiny.sink_units, window_units=tiny.window_units)
+    ref, host, device = init_cache(tiny, 1), KVBuffers(spec), DeviceKVCache(spec, Device("cpu", twin=False))
+    for k in units:
+        delta = torch.full(delta_shape, float(k + 1))
+        append_unit(tiny, ref, delta, -delta, k)  # the reference keeps the real ring
+        with mock.patch.object(unitio.units, "cache_slot", slot):
+            host.append(k, delta.numpy(), -delta.numpy())
+        with mock.patch.object(runtime.device.state, "cache_slot", slot):
+            device.append(torch.tensor([k]), delta, -delta)
+    return ref, host, device
+
+
+def test_the_kv_ring_is_one_formula_on_every_path(tiny):
+    """unitio.units.cache_slot gives the same slots for an int, a numpy array and a torch tensor; the
+    reference's append, the host path's and the device path's leave the same cache over units that wrap
+    the ring (sink slots kept). With the host and device paths given a ring off by one, they differ."""
+    from unitio.units import cache_slot
+
+    s, w = tiny.sink_units, tiny.window_units
+    units = list(range(3 * (s + w) + 1))
+    want = [k if k < s + w else s + (k - s) % w for k in units]
+    assert [cache_slot(k, s, w) for k in units] == want
+    assert cache_slot(np.array(units), s, w).tolist() == want == cache_slot(torch.tensor(units), s, w).tolist()
+    ref, host, device = _ring_caches(tiny, units, cache_slot)
+    assert np.array_equal(ref.k.numpy(), host.k) and np.array_equal(ref.v.numpy(), host.v)
+    assert torch.equal(ref.k, device.k) and torch.equal(ref.v, device.v)
+    assert ref.length.tolist() == host.length.tolist() == device.length.tolist()
+    off_by_one = lambda k, s, w: cache_slot(k, s, w + 1) % (s + w)  # noqa: E731 - a ring one slot too long
+    ref, host, device = _ring_caches(tiny, units, off_by_one)
+    assert not np.array_equal(ref.k.numpy(), host.k) and not torch.equal(ref.k, device.k)
+
+
+def test_graphs_refused_where_the_flow_step_engine_cannot_be_captured(tiny_ort_engines, tiny_batch_engines,
+                                                                         monkeypatch):
+    """graphs=True on engines whose flow_step cannot be captured is refused by the solo and the batched
+    session alike (the performer's `capturable` is checked with the thinker's engines)."""
+    from runtime.device.batch import BatchedSession
+    from runtime.device.engines import DeviceEngine
+
+    real = DeviceEngine.can_capture
+    monkeypatch.setattr(DeviceEngine, "can_capture", property(lambda e: e.stage != "flow_step" and real.fget(e)))
+    for make in (lambda: DeviceSession(tiny_ort_engines, device="cpu", threads=1, graphs=True),
+                 lambda: BatchedSession(tiny_batch_engines, threads=1, graphs=True)):
+        with pytest.raises(ValueError, match="graphs=True: an engine of this directory cannot be captured"):
+            make()
+    with DeviceSession(tiny_ort_engines, device="cpu", threads=1) as session:  # the default: no graphs on a CPU
+        assert session.graphs is False
+    # planted: the performer claims to be capturable, as `getattr(performer, "capturable", True)` read a
+    # performer without the attribute; graphs=True then goes through
+    from runtime.device.performer import SharedCachePerformer
+
+    init = SharedCachePerformer.__init__
+
+    def claims_capturable(self, *a, **kw):
+        init(self, *a, **kw)
+        self.capturable = True
+    monkeypatch.setattr(SharedCachePerformer, "__init__", claims_capturable)
+    with DeviceSession(tiny_ort_engines, device="cpu", threads=1, graphs=True) as session:
+        assert session.graphs  # not refused: the refusal is the performer's `capturable`

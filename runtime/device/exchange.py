@@ -2,7 +2,7 @@
 exchange of the KV delta (thinker -> performer) and y_k (performer -> thinker).
 
 On a GPU the buffer is device memory, shared once by a CUDA IPC handle (the performer maps it; per
-unit nothing but an 8-byte message crosses the pipe); on a CPU it is a POSIX shared-memory block. Both
+unit nothing but a 12-byte message crosses the pipe); on a CPU it is a POSIX shared-memory block. Both
 give torch tensor views made once, double-buffered by unit parity. The handle is plain JSON (no
 pickle): the IPC handle bytes in base64, or the shared-memory block's name.
 """

@@ -30,7 +30,7 @@ from unitio.units import (
 
 from ..child import claim_core
 from ..engine import load_initial_state
-from ..order import StreamOrder, UnitOutput
+from ..order import Performer, StreamOrder, UnitOutput
 from ..spec import THINKER_STAGES, unit_spec
 from ..trace import SpanLog
 from ..worker import check_worker_options
@@ -52,6 +52,8 @@ class EngineSession(StreamOrder):
     before it counts as hung (10x that for start-up); trust: a public key the directory must be signed
     with (checked here and again by the performer as it loads). CPU engines only: GPU engines run on
     the device path (runtime/device/session.py)."""
+
+    performer: Performer  # LocalPerformer (sequential) or PerformerProcess (pipelined)
 
     def __init__(self, directory: str | Path, seed: int = 0, expect_preset: str | None = None,
                  threads: int | None = None, mode: str = "sequential", performer_timeout_s: float | None = None,

@@ -24,8 +24,6 @@ class TransferLedger:
         self.current = dict.fromkeys(DIRECTIONS, 0)
         self.units: deque[dict[str, int]] = deque(maxlen=history)
         self.total = dict.fromkeys(DIRECTIONS, 0)
-        self.setup = dict.fromkeys(DIRECTIONS, 0)  # one-time copies at session start (weights excluded)
-        self._in_setup = False
 
     def copy(self, direction: str, dst, src) -> None:
         """dst.copy_(src) (asynchronous on the current stream where it can be), counting dst's bytes."""
@@ -43,16 +41,7 @@ class TransferLedger:
 
     def count(self, direction: str, nbytes: int) -> None:
         """Count a copy made elsewhere (e.g. by the performer process, reported back per unit)."""
-        if self._in_setup:
-            self.setup[direction] += nbytes
-        else:
-            self.current[direction] += nbytes
-
-    def begin_setup(self) -> None:
-        self._in_setup = True
-
-    def end_setup(self) -> None:
-        self._in_setup = False
+        self.current[direction] += nbytes
 
     def unit_done(self) -> dict[str, int]:
         """Close the current unit; returns its bytes per direction."""

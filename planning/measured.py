@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from model_src.config import get_preset
+from unitio.growing import write_text_replacing
 
 from .budget import make_plan
 from .count import count_stages
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"planning.measured: {e}", file=sys.stderr)
         return 2
-    args.out.write_text(to_toml(gpu_key, table))
+    write_text_replacing(args.out, to_toml(gpu_key, table))
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in table.items() if k != "source"))
     for n in notes:
         print(f"note: {n}")

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
+from unitio.growing import write_text_replacing
+
 from . import args as types
 from .outputs import console, out, read_input
 from .run_cmds import add_input_args, add_placement_args, say_engine_weights
@@ -111,7 +113,7 @@ def bench(args) -> int:
         for note in r.get("notes", []):
             console.print(f"[yellow]note ({r['mode']}):[/] {note}")
     if args.json:
-        args.json.write_text(json.dumps(summary, indent=1))
+        write_text_replacing(args.json, json.dumps(summary, indent=1))
     if args.timeline:
         timeline_png(results, args.timeline)
     if args.json or args.timeline:

@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from planning.report import plan_json
+from unitio.growing import write_text_replacing
 from unitio.names import PLACEMENTS
 
 from .outputs import console, out
@@ -83,7 +84,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                       f"(ceil({args.sessions} / {b_max}){' x 2 GPUs per group' if args.placement == 'two-gpu' else ''};"
                       " estimate)")
     if args.json:
-        args.json.write_text(json.dumps(plan_json(plan, batch), indent=1))
+        write_text_replacing(args.json, json.dumps(plan_json(plan, batch), indent=1))
         console.print(f"wrote {args.json}")
     return 0
 

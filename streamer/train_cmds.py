@@ -11,6 +11,8 @@ from pathlib import Path
 
 from rich.table import Table
 
+from unitio.growing import write_text_replacing
+
 from .model_cmds import describe_weights, load_system
 from .outputs import console, out
 
@@ -145,7 +147,7 @@ def eval_command(args) -> int:
         m = evaluate(make, spec, seeds, args.units, on_unit=lambda: bar.advance(task))
     print_metrics(m, f"{label}: task metrics of {args.conversations} held-out conversations")
     if args.json:
-        args.json.write_text(json.dumps({"label": label, "weights": weights, "seeds": list(seeds), "units": args.units,
+        write_text_replacing(args.json, json.dumps({"label": label, "weights": weights, "seeds": list(seeds), "units": args.units,
                                          "metrics": m}, indent=1))
     misses = [k for k in ("task",) if m[k] < THRESHOLDS[k]]
     if misses:

@@ -250,3 +250,25 @@ def test_weights_and_training_outputs_replace_a_planted_link(tmp_path, capsys):
     assert read_preset(tmp_path / "w.safetensors").name == "tiny" and not (tmp_path / "w.safetensors").is_symlink()
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png", "victim", "w.safetensors"]  # no temporaries
+
+
+def test_files_the_user_names_replace_a_planted_link(tmp_path, capsys, monkeypatch):
+    """`--json` (plan, bench, eval), `--timeline`, `profile --out`: written to a new private file and
+    renamed over the name, so a link planted there is replaced and its target untouched."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    link = tmp_path / "plan.json"
+    link.symlink_to(victim)
+    code, err = _cli(["plan", "--preset", "tiny", "--gpu", "h100", "--json", link], capsys)
+    assert code == 0, err
+    assert victim.read_bytes() == b"precious" and not link.is_symlink()
+    assert json.loads(link.read_text())["preset"] == "tiny"
+
+    # the mutation: a plain write (the old one) follows the link
+    import streamer.plan_cmds
+
+    monkeypatch.setattr(streamer.plan_cmds, "write_text_replacing", lambda path, text: Path(path).write_text(text))
+    link.unlink()
+    link.symlink_to(victim)
+    _cli(["plan", "--preset", "tiny", "--gpu", "h100", "--json", link], capsys)
+    assert victim.read_bytes() != b"precious"

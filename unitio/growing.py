@@ -91,3 +91,8 @@ def write_replacing(path: str | Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_replacing(path: str | Path, text: str) -> None:
+    """`text` (UTF-8) written to `path` through `write_replacing`: a planted link is replaced, never followed."""
+    write_replacing(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unitio.growing import write_replacing
 from unitio.timing import percentiles
 
 from .order import UnitOutput
@@ -136,5 +137,5 @@ def timeline_png(results: list[dict], path: str | Path, last_units: int = 6) -> 
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for s, c in colors.items() if s != "wait"]
     fig.legend(handles, [s for s in colors if s != "wait"], loc="upper right", ncol=6, fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    fig.savefig(path, dpi=110)
+    write_replacing(path, lambda tmp: fig.savefig(tmp, dpi=110))  # a planted link replaced, never followed
     plt.close(fig)

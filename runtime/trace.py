@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from unitio.growing import write_text_replacing
+
 WORKERS = ("thinker", "performer")
 STAGES = ("encode", "think", "transfer", "append", "solve", "decode", "wait")
 
@@ -70,4 +72,4 @@ def write_chrome_trace(spans: list[tuple[str, str, int, float, float]], path: st
     for worker, stage, unit, t0, t1 in spans:
         events.append({"name": stage, "cat": worker, "ph": "X", "pid": 1, "tid": WORKERS.index(worker),
                        "ts": 1e6 * (t0 - t_start), "dur": 1e6 * (t1 - t0), "args": {"unit": unit}})
-    Path(path).write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
+    write_text_replacing(path, json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))  # a planted link replaced

@@ -141,6 +141,10 @@ def test_memory_stays_flat_over_2500_units(tiny_ort_engines):
 
 def test_bench_and_profile_commands(tiny_ort_engines, tmp_path, capsys):
     summary, png, trace = tmp_path / "bench.json", tmp_path / "timeline.png", tmp_path / "trace.json"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    for path in (summary, png, trace):  # links planted at the names the user gives: replaced, never followed
+        path.symlink_to(victim)
     assert main(["bench", "--engines", str(tiny_ort_engines), "--units", "6", "--json", str(summary),
                  "--timeline", str(png)]) == 0
     data = json.loads(summary.read_text())
@@ -152,6 +156,7 @@ def test_bench_and_profile_commands(tiny_ort_engines, tmp_path, capsys):
     events = json.loads(trace.read_text())["traceEvents"]
     names = {(e["cat"], e["name"]) for e in events if e["ph"] == "X"}
     assert {("thinker", "encode"), ("thinker", "think"), ("performer", "solve"), ("thinker", "decode")} <= names
+    assert victim.read_bytes() == b"precious" and not any(p.is_symlink() for p in (summary, png, trace))
 
 
 def test_the_performer_never_imports_from_the_working_directory(tiny_ort_engines, tmp_path, monkeypatch):

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from .protocol import CLOSE_CODES, PATH, ProtocolError, error_message, parse_hello
 
 log = logging.getLogger("av_streamer.serve.gate")
+SEND_TIMEOUT_S = 5.0  # a unit the client's socket does not take within this ends the session (slow_client)
 UPSTREAM_MAX_BYTES = 64 << 20  # what the gate reads from the proxy (server units); the proxy is ours
 
 
@@ -46,6 +47,11 @@ class GatePolicy:
     max_sessions_per_address: int = 16
     connects_per_address: tuple[int, float] = (16, 8.0)  # new sockets per address: a burst, then per second
     allow_origins: tuple[str, ...] = ()  # "*" admits any
+    # Host headers admitted (lower case, no port); empty: any. A gate on loopback admits only loopback names
+    # and the --allow-origin hosts, so a page whose name rebinds to 127.0.0.1 (DNS rebinding) is refused
+    allow_hosts: tuple[str, ...] = ()
+    head_timeout_s: float = 5.0  # a TCP connection must have sent its request head by then
+    max_connections_per_address: int = 48  # open TCP connections per client address, handshakes included
 
 
 @dataclass
@@ -65,6 +71,37 @@ def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...
     return host is not None and netloc.lower() == host.lower()
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def hosts_for(bind_host: str, allow_origins: tuple[str, ...]) -> tuple[str, ...]:
+    """The Host names a gate bound to `bind_host` admits: on a loopback address, the loopback names and
+    the --allow-origin hosts; elsewhere () (any: the operator asked for the network)."""
+    import ipaddress
+
+    try:
+        loopback = bind_host == "localhost" or ipaddress.ip_address(bind_host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback or "*" in allow_origins:
+        return ()
+    extra = tuple(_hostname(o.split("://", 1)[-1]) for o in allow_origins)
+    return tuple(dict.fromkeys((*LOOPBACK_NAMES, _hostname(bind_host), *extra)))
+
+
+def _hostname(netloc: str) -> str:
+    """'Host:8000' / '[::1]:8000' / 'host' -> the lower-case name without port or brackets."""
+    netloc = netloc.strip().rstrip("/").lower()
+    if netloc.startswith("["):
+        return netloc[1:].split("]", 1)[0]
+    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+
+
+def host_allowed(host: str | None, allowed: tuple[str, ...]) -> bool:
+    """The request's Host header against the admitted names (empty: any)."""
+    return not allowed or (host is not None and _hostname(host) in allowed)
+
+
 class Gate:
     """The ASGI app; `upstream` is the proxy's http:// base URL, `board` a callable giving the Board
     deployment handle."""
@@ -80,6 +117,16 @@ class Gate:
         self._buckets: dict[str, list[float]] = {}  # address -> [tokens, last time]
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] in ("websocket", "http") and self.policy.allow_hosts:
+            host = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"host"), None)
+            if not host_allowed(host, self.policy.allow_hosts):
+                self.refused["host"] += 1
+                if scope["type"] == "websocket":
+                    await receive()  # websocket.connect
+                    await send({"type": "websocket.close", "code": 1008})  # before accept: HTTP 403
+                else:
+                    await _respond(send, 403, b"this server answers to its own names only", "text/plain")
+                return
         if scope["type"] == "websocket":
             if scope["path"] != PATH:
                 await send({"type": "websocket.close", "code": 1008})
@@ -253,7 +300,7 @@ class Gate:
             return await self._refuse(send, "upstream", ProtocolError("server_error", "the application is not "
                                                                       "reachable; expected it up, try again later"))
         self.sessions[sid] = (send, up)
-        client_gone = False
+        client_gone = slow = False
 
         async def to_upstream() -> None:
             nonlocal client_gone
@@ -270,10 +317,15 @@ class Gate:
                     msg = await receive()
 
         async def to_client() -> None:
+            nonlocal slow
             with contextlib.suppress(ConnectionClosed):
                 async for m in up:
                     key = "bytes" if isinstance(m, bytes) else "text"
-                    await send({"type": "websocket.send", key: m})
+                    try:  # a client that stops reading is ended here, the one layer that sees its socket
+                        await asyncio.wait_for(send({"type": "websocket.send", key: m}), SEND_TIMEOUT_S)
+                    except asyncio.TimeoutError:
+                        slow = True
+                        return
 
         tasks = [asyncio.ensure_future(to_upstream()), asyncio.ensure_future(to_client())]
         try:
@@ -283,7 +335,12 @@ class Gate:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.sessions.pop(sid, None)
-            if not client_gone and not self.stopping:
+            if slow:
+                self.refused["slow_client"] += 1
+                with contextlib.suppress(Exception):  # its socket does not drain: close it without waiting
+                    await asyncio.wait_for(send({"type": "websocket.close", "code": CLOSE_CODES.get("slow_client", 1008),
+                                                 "reason": "slow_client"}), 1.0)
+            elif not client_gone and not self.stopping:
                 code = up.close_code
                 if code is None or code == 1006:  # the replica went away without closing: say so
                     err = ProtocolError("server_error", "the session's replica went away")
@@ -332,10 +389,10 @@ class GateServer:
         import uvicorn
 
         self.gate = gate
-        config = uvicorn.Config(gate, host=host, port=port, ws="websockets-sansio",
+        config = uvicorn.Config(gate, host=host, port=port, http=_gate_protocol(gate.policy), ws="websockets-sansio",
                                 ws_max_size=gate.policy.max_message_bytes, ws_per_message_deflate=False,
                                 lifespan="off", access_log=False, log_level="warning", timeout_keep_alive=5,
-                                server_header=False)
+                                server_header=False, proxy_headers=False, h11_max_incomplete_event_size=16 << 10)
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = threading.Thread(target=self._run, name="avs-gate", daemon=True)
@@ -362,3 +419,32 @@ class GateServer:
             self.server.should_exit = True
             self.thread.join(timeout=5)
         return told
+
+
+def _gate_protocol(policy: GatePolicy):
+    """uvicorn's h11 protocol (request heads capped at 16 KiB) with what it lacks before a request: a
+    deadline for the request head (an idle or slowloris socket is closed, not kept forever) and a cap on
+    open connections per client address (X-Forwarded-For is never trusted: proxy_headers off)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    open_by_address: collections.Counter = collections.Counter()
+
+    class GateH11(H11Protocol):
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._address = (self.client or ("?", 0))[0]
+            open_by_address[self._address] += 1
+            if open_by_address[self._address] > policy.max_connections_per_address:
+                transport.close()
+                return
+            # the keep-alive handler closes an idle connection; armed now, it is the head deadline
+            # (uvicorn cancels it when the request head is in, and arms it again after each response)
+            self.timeout_keep_alive_task = self.loop.call_later(policy.head_timeout_s, self.timeout_keep_alive_handler)
+
+        def connection_lost(self, exc) -> None:
+            open_by_address[self._address] -= 1
+            if open_by_address[self._address] <= 0:
+                del open_by_address[self._address]
+            super().connection_lost(exc)
+
+    return GateH11

@@ -93,6 +93,9 @@ class SessionHub:
         k = unit.unit
         with self.lock:
             if unit.ack is not None:
+                if unit.ack > s.next_unit - 1:  # output not yet made cannot have been read: a forged ack
+                    raise ProtocolError("bad_message", f"unit {k}: ack {unit.ack} is past the last unit output "
+                                        f"({s.next_unit - 1}); expected an ack of output received", k)
                 s.acked = max(s.acked if s.acked is not None else -1, unit.ack)
                 behind = s.next_unit - 1 - s.acked
                 if behind > self.limits.max_unacked_units:

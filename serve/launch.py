@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .app import APP_NAME, build_app
-from .gate import Gate, GatePolicy, GateServer
+from .gate import Gate, GatePolicy, GateServer, hosts_for
 
 
 def check_port(host: str, port: int) -> None:
@@ -104,9 +104,11 @@ def deploy(config: dict, replicas: int, slots: int, host: str = "127.0.0.1", por
     from .protocol import Limits
 
     limits = Limits(**config.get("limits", {}))
+    gate = dict(gate or {})
+    gate.setdefault("allow_hosts", hosts_for(host, tuple(gate.get("allow_origins", ()))))  # DNS rebinding
     policy = GatePolicy(capacity=replicas * slots,
                         max_message_bytes=limits.max_message_bytes(unit_spec(read_manifest(Path(config["engines"])))),
-                        hello_timeout_s=limits.hello_timeout_s, **(gate or {}))
+                        hello_timeout_s=limits.hello_timeout_s, **gate)
     inner = free_port()
     ray_serve.start(http_options={"host": "127.0.0.1", "port": inner},
                     logging_config={"log_level": "WARNING", "enable_access_log": False})

@@ -334,7 +334,8 @@ def _jsonl_to_json(src: Path, part: Path, dst: Path) -> None:
     from unitio.growing import create_new
 
     try:
-        with open(src, encoding="utf-8") as lines, create_new(part) as f:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)  # a link swapped in for text.jsonl is never read through
+        with open(fd, encoding="utf-8") as lines, create_new(part) as f:
             f.write("[")
             for i, line in enumerate(lines):
                 f.write(("," if i else "") + "\n" + line.rstrip("\n"))

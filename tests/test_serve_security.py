@@ -370,3 +370,63 @@ def test_a_reachable_cluster_without_token_auth_is_refused_before_ray_starts(tin
     assert main(["serve", "--engines", str(tiny_batch_engines), "--listen", "192.0.2.1", "--address", "auto",
                  "--port", "0"]) == 2
     assert "expected one of them" in capsys.readouterr().err
+
+
+@pytest.fixture
+def bare_gate():
+    """A gate without Ray (its upstream unreachable) on a free loopback port: head deadline 1 s, 3
+    connections per address, Host names of a loopback gate."""
+    from serve.gate import Gate, GatePolicy, GateServer, hosts_for
+
+    policy = GatePolicy(capacity=1, max_message_bytes=1024, head_timeout_s=1.0, max_connections_per_address=3,
+                        allow_hosts=hosts_for("127.0.0.1", ()))
+    server = GateServer(Gate("http://127.0.0.1:1", lambda: None, policy), "127.0.0.1", 0).start()
+    yield server.server.servers[0].sockets[0].getsockname()[1]
+    server.stop()
+
+
+def _closed_within(sock, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_connections_are_closed_and_capped_per_address(bare_gate):
+    """TCP connections that never send a request head are closed at the head deadline (uvicorn alone
+    keeps them forever), and past the per-address cap a new one is closed at once."""
+    import socket
+
+    idle = [socket.create_connection(("127.0.0.1", bare_gate)) for _ in range(3)]
+    extra = socket.create_connection(("127.0.0.1", bare_gate))
+    assert _closed_within(extra, 0.5)  # the 4th from this address: closed before the deadline
+    assert not _closed_within(idle[0], 0.2)  # the first three wait for their head ...
+    assert all(_closed_within(s, 5.0) for s in idle)  # ... and are closed at its deadline
+    for s in (*idle, extra):
+        s.close()
+    with pytest.raises(urllib.error.HTTPError) as e:  # the cap is free again: answered (no board here: 503)
+        urllib.request.urlopen(f"http://127.0.0.1:{bare_gate}/health", timeout=10)
+    assert e.value.code == 503 and b"unreachable" in e.value.read()
+
+
+def test_a_rebound_host_name_is_refused(bare_gate):
+    """DNS rebinding: a page on a name that resolves to 127.0.0.1 sends matching Origin and Host; a
+    loopback gate answers only to loopback names (and --allow-origin hosts)."""
+    def get(host):
+        req = urllib.request.Request(f"http://127.0.0.1:{bare_gate}/info", headers={"Host": host,
+                                                                                   "Origin": f"http://{host}"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert get(f"rebind.evil.example:{bare_gate}") == 403
+    assert get(f"127.0.0.1:{bare_gate}") != 403 and get(f"localhost:{bare_gate}") != 403  # upstream down: 503
+    from serve.gate import host_allowed, hosts_for
+
+    assert hosts_for("0.0.0.0", ()) == ()  # asked for the network: any Host (the Origin check still holds)
+    assert host_allowed("demo.example:8000", hosts_for("127.0.0.1", ("http://demo.example:8000",)))

@@ -358,3 +358,16 @@ def test_the_ray_token_file_is_made_private_and_reachable_clusters_need_it(tmp_p
     with pytest.raises(ValueError, match="RAY_AUTH_MODE=token"):
         require_token(reachable=True)
     assert "disabled" in require_token(reachable=False)  # a local instance may opt out: loopback only
+
+
+def test_an_ack_of_output_not_yet_made_is_refused_and_changes_nothing():
+    """A client may not ack past the last unit output (a forged ack would keep slow_client from ever
+    firing while it never reads): bad_message, its unit not queued, the ack it had kept."""
+    from serve.protocol import Hello
+
+    hub = _hub()
+    s = hub.reserve(Hello(seed=0), lambda m: None)
+    with pytest.raises(ProtocolError) as e:
+        hub.put(s, SimpleNamespace(unit=0, ack=10**6), 0.0)
+    assert (e.value.code, e.value.fatal) == ("bad_message", False) and "past the last unit output" in str(e.value)
+    assert s.acked is None and not s.inbox

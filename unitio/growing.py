@@ -73,6 +73,23 @@ class GrowingFile:
             os.close(fd)
 
 
+def _process_umask() -> int:
+    """This process's umask, read without changing it (os.umask(0) would open a window in which other
+    threads create files world-writable)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)  # no /proc: read once at import, with a mask that opens nothing meanwhile
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()
+
+
 def write_replacing(path: str | Path, write) -> None:
     """Make `path` by `write(tmp)` into a new private file beside it (mkstemp: O_EXCL, same suffix, so
     a writer choosing the format by extension is not confused), then rename it over `path`: a link
@@ -84,9 +101,7 @@ def write_replacing(path: str | Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # the mode a plain open would have given
+        os.chmod(tmp, 0o666 & ~_UMASK)  # the mode a plain open would have given
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -138,10 +138,14 @@ class TwoDevicePerformer:
             self.ledger.count("d2d", self.cache.append_nbytes)
             self.solver.run()
         if self.peer:
-            with self._both():
+            # on the performer's stream alone: with the thinker's stream current too, torch's cross-device copy
+            # would put a two-way barrier between them and the thinker's decode and next encode would wait for
+            # this solve. The thinker's last read of y_out (unit k-1) came before the delta copy above, which
+            # ordered this stream after it; the thinker waits for `done` before it reads y_k
+            with d.use(self.stream):
                 self.ledger.d2d(self.y_out[0], self.solver.y_audio)
                 self.ledger.d2d(self.y_out[1], self.solver.y_video)
-                self.thinker.record(self.done[slot], self.t_stream)
+                d.record(self.done[slot], self.stream)
         else:
             with d.use(self.stream):
                 self.ledger.d2h(self.y_host[slot][0], self.solver.y_audio)

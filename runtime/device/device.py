@@ -127,6 +127,7 @@ class Device:
         if not self.cuda:
             return device_twin.capture(call, stream, min(warmup, 1)) if self.twin else call
         with torch.cuda.device(self.torch):
+            stream.wait_stream(torch.cuda.current_stream(self.torch))  # set-up on the default stream (zero fills) first
             with torch.cuda.stream(stream):
                 for _ in range(warmup):
                     call()

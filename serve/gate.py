@@ -14,7 +14,8 @@ take from users, before any of it reaches a replica's request queue:
   is taken (nothing queues);
 - /health and /metrics answered here from the board, never behind a replica's sessions;
 - on stop, every live session gets `shutting_down` and close 1001 before Ray goes down.
-Everything else (the page, /info) is passed to the proxy. Runs in a thread of the driver process."""
+Everything else (the page, /info) is passed to the proxy. Runs in a thread of the driver process
+(serve/gate_server.py); the Origin and Host rules are in serve/origins.py."""
 from __future__ import annotations
 
 import asyncio
@@ -22,12 +23,12 @@ import collections
 import contextlib
 import json
 import logging
-import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
+from .origins import host_allowed, origin_allowed
 from .protocol import CLOSE_CODES, PATH, ProtocolError, error_message, parse_hello
 
 log = logging.getLogger("av_streamer.serve.gate")
@@ -58,48 +59,6 @@ class GatePolicy:
 class _Pending:
     address: str
     evicted: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
-    """An Origin header against the request's Host: same origin (scheme aside), listed, or "*"; no
-    Origin (not a browser page) passes."""
-    if origin is None:
-        return True
-    if "*" in allowed or origin.rstrip("/") in {a.rstrip("/") for a in allowed}:
-        return True
-    netloc = origin.split("://", 1)[-1].rstrip("/")
-    return host is not None and netloc.lower() == host.lower()
-
-
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-
-
-def hosts_for(bind_host: str, allow_origins: tuple[str, ...]) -> tuple[str, ...]:
-    """The Host names a gate bound to `bind_host` admits: on a loopback address, the loopback names and
-    the --allow-origin hosts; elsewhere () (any: the operator asked for the network)."""
-    import ipaddress
-
-    try:
-        loopback = bind_host == "localhost" or ipaddress.ip_address(bind_host.strip("[]")).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback or "*" in allow_origins:
-        return ()
-    extra = tuple(_hostname(o.split("://", 1)[-1]) for o in allow_origins)
-    return tuple(dict.fromkeys((*LOOPBACK_NAMES, _hostname(bind_host), *extra)))
-
-
-def _hostname(netloc: str) -> str:
-    """'Host:8000' / '[::1]:8000' / 'host' -> the lower-case name without port or brackets."""
-    netloc = netloc.strip().rstrip("/").lower()
-    if netloc.startswith("["):
-        return netloc[1:].split("]", 1)[0]
-    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
-
-
-def host_allowed(host: str | None, allowed: tuple[str, ...]) -> bool:
-    """The request's Host header against the admitted names (empty: any)."""
-    return not allowed or (host is not None and _hostname(host) in allowed)
 
 
 class Gate:
@@ -380,71 +339,3 @@ async def _respond(send, status: int, body: bytes, ctype: str, extra: list | Non
                 "headers": [(b"content-type", ctype.encode("latin-1")), (b"content-length", str(len(body)).encode()),
                             *(extra or [])]})
     await send({"type": "http.response.body", "body": body})
-
-
-class GateServer:
-    """The gate served by uvicorn in a thread of its own (its own event loop)."""
-
-    def __init__(self, gate: Gate, host: str, port: int) -> None:
-        import uvicorn
-
-        self.gate = gate
-        config = uvicorn.Config(gate, host=host, port=port, http=_gate_protocol(gate.policy), ws="websockets-sansio",
-                                ws_max_size=gate.policy.max_message_bytes, ws_per_message_deflate=False,
-                                lifespan="off", access_log=False, log_level="warning", timeout_keep_alive=5,
-                                server_header=False, proxy_headers=False, h11_max_incomplete_event_size=16 << 10)
-        self.server = uvicorn.Server(config)
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.thread = threading.Thread(target=self._run, name="avs-gate", daemon=True)
-
-    def _run(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(self.server.serve())
-
-    def start(self, timeout_s: float = 30.0) -> GateServer:
-        self.thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the gate did not start on {self.server.config.host}:{self.server.config.port}")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> int:
-        """Tell every session (shutting_down, 1001), then stop serving; returns the sessions told."""
-        told = 0
-        if self.loop is not None and self.thread.is_alive():
-            with contextlib.suppress(Exception):
-                told = asyncio.run_coroutine_threadsafe(self.gate.shutdown(), self.loop).result(timeout=5)
-            self.server.should_exit = True
-            self.thread.join(timeout=5)
-        return told
-
-
-def _gate_protocol(policy: GatePolicy):
-    """uvicorn's h11 protocol (request heads capped at 16 KiB) with what it lacks before a request: a
-    deadline for the request head (an idle or slowloris socket is closed, not kept forever) and a cap on
-    open connections per client address (X-Forwarded-For is never trusted: proxy_headers off)."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    open_by_address: collections.Counter = collections.Counter()
-
-    class GateH11(H11Protocol):
-        def connection_made(self, transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._address = (self.client or ("?", 0))[0]
-            open_by_address[self._address] += 1
-            if open_by_address[self._address] > policy.max_connections_per_address:
-                transport.close()
-                return
-            # the keep-alive handler closes an idle connection; armed now, it is the head deadline
-            # (uvicorn cancels it when the request head is in, and arms it again after each response)
-            self.timeout_keep_alive_task = self.loop.call_later(policy.head_timeout_s, self.timeout_keep_alive_handler)
-
-        def connection_lost(self, exc) -> None:
-            open_by_address[self._address] -= 1
-            if open_by_address[self._address] <= 0:
-                del open_by_address[self._address]
-            super().connection_lost(exc)
-
-    return GateH11

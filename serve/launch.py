@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .app import APP_NAME, build_app
-from .gate import Gate, GatePolicy, GateServer, hosts_for
+from .gate import Gate, GatePolicy
+from .gate_server import GateServer
+from .origins import hosts_for
 
 
 def check_port(host: str, port: int) -> None:

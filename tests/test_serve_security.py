@@ -342,7 +342,7 @@ def test_the_gate_pushes_out_the_oldest_waiting_socket_past_a_cap():
 
 
 def test_origin_allowed():
-    from serve.gate import origin_allowed
+    from serve.origins import origin_allowed
 
     assert origin_allowed(None, "h:1", ())
     assert origin_allowed("http://h:1", "h:1", ()) and origin_allowed("https://H:1/", "h:1", ())
@@ -376,7 +376,9 @@ def test_a_reachable_cluster_without_token_auth_is_refused_before_ray_starts(tin
 def bare_gate():
     """A gate without Ray (its upstream unreachable) on a free loopback port: head deadline 1 s, 3
     connections per address, Host names of a loopback gate."""
-    from serve.gate import Gate, GatePolicy, GateServer, hosts_for
+    from serve.gate import Gate, GatePolicy
+    from serve.gate_server import GateServer
+    from serve.origins import hosts_for
 
     policy = GatePolicy(capacity=1, max_message_bytes=1024, head_timeout_s=1.0, max_connections_per_address=3,
                         allow_hosts=hosts_for("127.0.0.1", ()))
@@ -426,7 +428,7 @@ def test_a_rebound_host_name_is_refused(bare_gate):
 
     assert get(f"rebind.evil.example:{bare_gate}") == 403
     assert get(f"127.0.0.1:{bare_gate}") != 403 and get(f"localhost:{bare_gate}") != 403  # upstream down: 503
-    from serve.gate import host_allowed, hosts_for
+    from serve.origins import host_allowed, hosts_for
 
     assert hosts_for("0.0.0.0", ()) == ()  # asked for the network: any Host (the Origin check still holds)
     assert host_allowed("demo.example:8000", hosts_for("127.0.0.1", ("http://demo.example:8000",)))

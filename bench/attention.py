@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -35,6 +34,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # this repo's packages, from anywhere and without an install (never the cwd)
+
+from unitio.timing import median_ms  # noqa: E402
 
 PRESETS = {"base": (16, 8), "large": (28, 4)}
 CACHE_LENS = (1024, 4096, 16384, 32768)
@@ -135,15 +136,9 @@ def available_methods(dry_run: bool = False) -> dict:
     return methods
 
 
-def wall_ms(fn, reps: int = 3) -> float:
-    """Median wall-clock ms of `fn` after one warm-up call (the CPU dry run)."""
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(1000.0 * (time.perf_counter() - t0))
-    return sorted(times)[len(times) // 2]
+def wall_ms(fn) -> float:
+    """Median wall-clock ms of 3 calls of `fn` after one warm-up call (the CPU dry run)."""
+    return median_ms(fn, 3)
 
 
 def cost(hq: int, hkv: int, n_q: int, n: int, d: int, cache_bytes: int, act_bytes: int = 2) -> tuple[int, int]:

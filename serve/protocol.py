@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from unitio.jsonsafe import nesting_depth
+from unitio.jsonsafe import loads_bounded
 from unitio.units import InputError, check_text_unit
 
 from .wire import (
@@ -131,13 +131,9 @@ def parse_text(text: str) -> dict:
 
 def strict_json(text: str) -> object:
     """Standard JSON (no NaN/Infinity) nested at most MAX_DEPTH deep -> the object; ValueError otherwise
-    (depth checked by a linear scan before parsing, so a deep nest never reaches the recursive decoder)."""
-    if nesting_depth(text, stop_above=MAX_DEPTH) > MAX_DEPTH:
-        raise ValueError(f"expected JSON nested at most {MAX_DEPTH} deep, got deeper")
-    try:
-        return json.loads(text, parse_constant=_no_constant)
-    except (RecursionError, MemoryError) as e:
-        raise ValueError(f"expected JSON the decoder can hold, got {type(e).__name__}") from None
+    (unitio.jsonsafe: the depth scanned before parsing, so a deep nest never reaches the recursive decoder;
+    callers bound the size)."""
+    return loads_bounded(text, None, MAX_DEPTH, parse_constant=_no_constant)
 
 
 def _no_constant(name: str):

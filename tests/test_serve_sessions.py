@@ -325,7 +325,7 @@ def test_deep_json_is_a_typed_error_in_every_parser(monkeypatch):
     assert _code(struct.pack("<2sBcI", b"AV", 1, b"U", len(body)) + body) == ("bad_message", None)
     assert protocol.parse_text('{"type": "ping", "t": [[[1]]]}')["type"] == "ping"  # shallow nesting is fine
     # without the depth scan the decoder's own RecursionError / MemoryError are still the typed refusal
-    monkeypatch.setattr(protocol, "nesting_depth", lambda text, stop_above=None: 0)
+    monkeypatch.setattr("unitio.jsonsafe.nesting_depth", lambda text, stop_above=None: 0)
     with pytest.raises(ProtocolError) as e:
         protocol.parse_text("[" * 100_000)
     assert e.value.code == "too_large"

@@ -35,12 +35,14 @@ def nesting_depth(text: str, stop_above: int | None = None) -> int:
     return deepest
 
 
-def loads_bounded(data: str | bytes, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH) -> object:
-    """Parse JSON `data` (str or UTF-8 bytes) of at most `max_bytes` bytes and at most `max_depth`
-    nested arrays/objects; gives the decoded object. Raises ValueError with a clear message on a size
-    or depth beyond the bounds, bad UTF-8, bad JSON, or the decoder running out of stack or memory."""
+def loads_bounded(data: str | bytes, max_bytes: int | None, max_depth: int = DEFAULT_MAX_DEPTH,
+                  parse_constant=None) -> object:
+    """Parse JSON `data` (str or UTF-8 bytes) of at most `max_bytes` bytes (None: the caller bounded the
+    size) and at most `max_depth` nested arrays/objects; gives the decoded object. `parse_constant` is
+    json.loads's (e.g. to refuse NaN/Infinity). Raises ValueError with a clear message on a size or depth
+    beyond the bounds, bad UTF-8, bad JSON, or the decoder running out of stack or memory."""
     size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data)
-    if size > max_bytes:
+    if max_bytes is not None and size > max_bytes:
         raise ValueError(f"expected JSON of at most {max_bytes} bytes, got {size}")
     if isinstance(data, (bytes, bytearray, memoryview)):
         try:
@@ -53,10 +55,11 @@ def loads_bounded(data: str | bytes, max_bytes: int, max_depth: int = DEFAULT_MA
     if depth > max_depth:
         raise ValueError(f"expected JSON nested at most {max_depth} deep, got more than {max_depth}")
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=parse_constant)
     except RecursionError:
-        raise ValueError(f"expected JSON nested at most {max_depth} deep, the decoder ran out of stack") from None
+        raise ValueError(f"expected JSON nested at most {max_depth} deep, the decoder ran out of stack "
+                         "(RecursionError)") from None
     except MemoryError:
-        raise ValueError(f"JSON of {size} bytes exhausted memory while decoding") from None
+        raise ValueError(f"JSON of {size} bytes exhausted memory while decoding (MemoryError)") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"expected valid JSON, got {e.msg} at line {e.lineno} column {e.colno}") from None

@@ -15,6 +15,7 @@ import os
 import stat
 from pathlib import Path
 
+from unitio.growing import create_new
 from unitio.jsonsafe import loads_bounded
 
 SIGNATURE = "manifest.sig"
@@ -115,10 +116,10 @@ def keygen(out: str | Path) -> tuple[Path, Path]:
         raise SignatureError(f"{private.parent}: expected an existing folder for the key files")
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
+    with create_new(private, "wb", perms=0o600) as f:
         f.write(pem)
-    public.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    with create_new(public, "wb") as f:  # new, never through a link planted after the check above
+        f.write(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     return private, public
 
 

@@ -13,6 +13,8 @@ import secrets
 import stat
 from pathlib import Path
 
+from unitio.growing import create_new
+
 LOCAL_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
@@ -33,8 +35,7 @@ def check_token_file(path: Path, create: bool) -> str:
             raise ValueError(f"Ray token authentication: expected a token (RAY_AUTH_TOKEN, or the file {path}), "
                              f"got none; copy the cluster's token there (mode 0600)") from None
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
+        with create_new(path, perms=0o600) as f:
             f.write(secrets.token_hex(32))
         return f"token created in {path} (0600)"
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):

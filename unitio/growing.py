@@ -13,10 +13,10 @@ from pathlib import Path
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def create_new(path: str | Path, mode: str = "w"):
-    """Open a file that must not exist yet (no link followed, nothing truncated) -> a file object
-    (text mode "w" by default, "wb" for bytes)."""
-    fd = os.open(path, NEW_FILE, 0o644)
+def create_new(path: str | Path, mode: str = "w", perms: int = 0o644):
+    """Open a file that must not exist yet (no link followed, nothing truncated), created with `perms`
+    (before the umask) -> a file object (text mode "w" by default, "wb" for bytes)."""
+    fd = os.open(path, NEW_FILE, perms)
     return os.fdopen(fd, mode, **({} if "b" in mode else {"newline": "", "encoding": "utf-8"}))
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from bench.gpu_sections import NO_DATASHEET, Context, _system, gpu_key
+from unitio.timing import percentiles
 
 PHASES = ("encode", "think", "handover", "flow", "decode")
 P99_SAMPLES = 200  # fewer timed units: no p99, the max instead (said in the JSON and the markdown)
@@ -32,14 +33,12 @@ def prime_units(p, requested: int | None) -> int:
 def summary(ms: list[float]) -> dict:
     """p50 / p90 / p99 / max / mean of `ms`; with fewer than P99_SAMPLES values p99 is None and `p99_note`
     says the max stands in for it."""
-    a = np.asarray(ms, dtype=np.float64)
-    if a.size == 0:
+    if not len(ms):
         return {"n": 0}
-    out = {"n": int(a.size), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-           "p99": float(np.percentile(a, 99)), "max": float(a.max()), "mean": float(a.mean())}
-    if a.size < P99_SAMPLES:
+    out = {"n": len(ms), **percentiles(ms)}
+    if len(ms) < P99_SAMPLES:
         out["p99"] = None
-        out["p99_note"] = f"{a.size} samples (< {P99_SAMPLES}): no p99, the max instead"
+        out["p99_note"] = f"{len(ms)} samples (< {P99_SAMPLES}): no p99, the max instead"
     return out
 
 

@@ -153,6 +153,11 @@ _CODECS = dict(audio_filters=64, audio_hidden=512, video_vae_dim=96)  # Mimi's S
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(name="tiny", flow_steps=2),  # its shipped weights are a 2-step distilled student
+    # the spoken conversation (training/spoken.py): a codec that voices words (3x tiny's channels, 32
+    # latent channels) and a backbone that tells spoken words apart across voices (4 layers of 128),
+    # both as large as the 2-core CPU trains in about an hour; tiny's video sizes (its video VAE warm-starts it)
+    "tiny-speech": Preset(name="tiny-speech", flow_steps=2, audio_z=32, audio_filters=24, audio_hidden=96,
+                          n_layers=4, hidden=128, n_heads=4, n_kv_heads=2, head_dim=32, intermediate=384),
     "small": Preset(  # Qwen3-0.6B dims
         name="small", frame_height=96, frame_width=128, audio_z=32, **_CODECS, vocab_size=_QWEN_VOCAB, text_pad_id=151_643,
         n_layers=28, hidden=1024, n_heads=16, n_kv_heads=8, head_dim=128, intermediate=3072,

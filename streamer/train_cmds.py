@@ -20,6 +20,8 @@ from .outputs import console, out
 def add_parsers(sub) -> None:
     """Register `train` and `eval`."""
     train = sub.add_parser("train", help="train the tiny model: codecs (a), backbone (b), distillation (c)")
+    train.add_argument("--preset", help="the preset to train (tiny: the tone task, the default; tiny-speech: the "
+                                        "spoken one); stages b and c default to the preset of the file they start from")
     train.add_argument("--stage", default="all", choices=["a", "b", "c", "all"], help="which stage (default: all three)")
     train.add_argument("--out", type=Path, required=True, help="folder for checkpoints, weights and loss curves")
     train.add_argument("--init", type=Path, help="weights to start from (default: the previous stage's output in --out; "
@@ -32,6 +34,8 @@ def add_parsers(sub) -> None:
     train.add_argument("--units", type=int, help="units per training conversation (default 32)")
     train.add_argument("--codecs", default="audio,video", help="stage a: which codecs to train (default audio,video)")
     train.add_argument("--audio-steps", type=int, help="stage a: steps of the audio loop (default 1500)")
+    train.add_argument("--video-from", help="stage a: start the video VAE from this weights file's (tiny-speech "
+                                            "default: the shipped tiny weights, shipped:tiny)")
     train.add_argument("--reinit", action="store_true", help="stage a with --init: restart the trained codecs from seeded weights")
     train.add_argument("--seed", type=int, default=0, help="seed of the batches and of every random draw")
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default 1)")
@@ -56,7 +60,8 @@ def train_command(args) -> int:
 
     import torch
 
-    from training.trainer import DEFAULTS, init_world, stage_a, stage_b, stage_c
+    from model_src.config import get_preset
+    from training.trainer import init_world, stage_a, stage_b, stage_c, stage_defaults
 
     # one thread per process by default: on shared or busy cores, two OpenMP threads that wait on each
     # other were measured 5-30x slower per step than one (docs/decisions.md)
@@ -72,9 +77,10 @@ def train_command(args) -> int:
             raise ValueError(f"--{name}: expected a positive number, got {value}")
     if args.batch is not None and args.batch % world.size:
         raise ValueError(f"--batch {args.batch} must be a multiple of the {world.size} processes")
+    preset = training_preset(args, stages[0])
     times = {}
     for stage in stages:
-        cfg = DEFAULTS[stage]
+        cfg = stage_defaults(preset, stage)
         changes = {k: getattr(args, k) for k in ("steps", "batch", "lr", "conversations", "units") if getattr(args, k) is not None}
         if args.checkpoint_every:
             changes["checkpoint_every"] = args.checkpoint_every
@@ -85,12 +91,17 @@ def train_command(args) -> int:
             changes.update(codecs=codecs, reinit=args.reinit)
             if args.audio_steps is not None:
                 changes["audio_steps"] = args.audio_steps
+            if args.video_from is not None:
+                changes["video_from"] = args.video_from
         cfg = replace(cfg, seed=args.seed, **changes)
         if cfg.batch % world.size:
             raise ValueError(f"batch {cfg.batch} must be a multiple of the {world.size} processes")
         t0 = time.perf_counter()
         run = {"a": stage_a, "b": stage_b, "c": stage_c}[stage]
-        run(args.out, cfg, world, args.resume, args.init)
+        if stage == "a":
+            stage_a(args.out, cfg, world, args.resume, args.init, preset)
+        else:
+            run(args.out, cfg, world, args.resume, args.init)
         times[stage] = time.perf_counter() - t0
     if world.main:
         console.print("training time: " + ", ".join(f"stage {s} {t / 60:.1f} min" for s, t in times.items())
@@ -103,6 +114,23 @@ def train_command(args) -> int:
 
         dist.destroy_process_group()
     return 0
+
+
+def training_preset(args, first_stage: str) -> str:
+    """The preset a training run trains: --preset, else (stages b, c) the preset of the file the stage
+    starts from, else tiny. A --preset that differs from that file's is refused."""
+    from model_src.config import get_preset
+    from model_src.weights import read_preset
+    from training.trainer import OUTPUTS
+
+    named = get_preset(args.preset).name if args.preset else None
+    start = args.init if args.init is not None else (args.out / OUTPUTS[chr(ord(first_stage) - 1)] if first_stage != "a" else None)
+    if first_stage != "a" and start is not None and start.is_file():
+        found = read_preset(start).name
+        if named and named != found:
+            raise ValueError(f"--preset {named}: stage {first_stage} starts from {start}, weights of preset {found!r}")
+        return found
+    return named or "tiny"
 
 
 def eval_command(args) -> int:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from model_src.conv_state import StateIO
 
-from .conversation import make_conversation
+from .tasks import conversation, task_of
 
 BETA = 1e-4  # KL weight
 STFT_SIZES = (256, 1024)
@@ -31,22 +31,34 @@ def codec_clip(spec, seed: int, clip_units: int, user: bool, crop_seed, conv_uni
     answer unit). Audio and video are the same side and units: (audio [N] float32, frames [3, T, H, W] in
     [-1, 1])."""
     s, f = spec.samples_per_unit, spec.frames_per_unit
-    c = make_conversation(spec, conv_units, int(seed))
+    c = conversation(spec, conv_units, int(seed))
     rng = np.random.default_rng(crop_seed)
     starts = np.arange(conv_units - clip_units - context + 1)
     answering = starts[c.model_speaking[starts + context]]
-    k = int(rng.choice(answering if (not user and len(answering) and rng.random() < 0.75) else starts))
+    asking = starts[c.user_speaking[starts + context]]  # the spoken task: the encoder must hear the words
+    if user and task_of(spec) == "speech" and len(asking) and rng.random() < 0.75:
+        k = int(rng.choice(asking))
+    else:
+        k = int(rng.choice(answering if (not user and len(answering) and rng.random() < 0.75) else starts))
     clip_units += context
     audio, frames = (c.user_audio, c.user_frames) if user else (c.model_audio, c.model_frames)
     clip = frames[k * f:(k + clip_units) * f].transpose(3, 0, 1, 2).astype(np.float32) / 127.5 - 1.0
     return audio[k * s:(k + clip_units) * s], clip
 
 
-def codec_clips(spec, seeds, clip_units: int, rng: np.random.Generator, conv_units: int = 16, user_every: int = 4):
-    """Clips of `seeds` (every `user_every`-th the user's side): (audio [B, N] float32, frames [B, 3, T, H, W])."""
+def codec_clips(spec, seeds, clip_units: int, rng: np.random.Generator, conv_units: int = 16, user_every: int | None = None):
+    """Clips of `seeds` (every `user_every`-th the user's side, default `user_clip_every(spec)`): (audio
+    [B, N] float32, frames [B, 3, T, H, W])."""
+    user_every = user_every or user_clip_every(spec)
     made = [codec_clip(spec, s, clip_units, i % user_every == user_every - 1, int(rng.integers(2**31)), conv_units)
             for i, s in enumerate(seeds)]
     return torch.from_numpy(np.stack([a for a, _ in made])), torch.from_numpy(np.stack([f for _, f in made]))
+
+
+def user_clip_every(spec) -> int:
+    """Every n-th codec clip is the user's side: a quarter for tones (the encoder tells 3 pitches apart),
+    half for speech (it must keep what tells spoken words apart across many voices)."""
+    return 2 if task_of(spec) == "speech" else 4
 
 
 @torch.no_grad()

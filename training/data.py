@@ -6,9 +6,8 @@ import numpy as np
 import torch
 
 from .codecs import video_encode_stats
-from .conversation import make_conversation
+from .tasks import TRAIN_SEED_BASE, conversation  # noqa: F401 (TRAIN_SEED_BASE: re-exported)
 
-TRAIN_SEED_BASE = 1_000_000  # training conversations are seeds 1_000_000 + i; every other seed is held out
 HELD_OUT_SEED = 100_000  # `streamer eval`'s default first held-out conversation
 
 
@@ -21,7 +20,7 @@ def encode_conversations(system, seeds, units: int, batch: int = 8, on_batch=lam
     out: dict[str, list] = {k: [] for k in ("audio_in", "video_in", "audio_out", "video_out", "text", "speaking")}
     seeds = list(seeds)
     for i in range(0, len(seeds), batch):
-        convs = [make_conversation(p, units, int(s)) for s in seeds[i:i + batch]]
+        convs = [conversation(p, units, int(s)) for s in seeds[i:i + batch]]
         b = len(convs)
         for side, (wave_of, frames_of) in {"in": (lambda c: c.user_audio, lambda c: c.user_frames),
                                            "out": (lambda c: c.model_audio, lambda c: c.model_frames)}.items():

@@ -182,13 +182,49 @@ def stream(session, c: Conversation, spec, on_unit=lambda: None) -> tuple[np.nda
     return np.stack(tokens), np.concatenate(audio), np.concatenate(frames)
 
 
-def evaluate(make_session, spec, seeds, units: int, on_unit=lambda: None) -> dict[str, float]:
-    """Stream the conversations `seeds` (each `units` long) through fresh sessions `make_session(seed)`."""
-    from .conversation import make_conversation
+def new_tally(spec):
+    """The tally of the task of `spec` (training/tasks.py): `Tally` for tones, `SpokenTally` for speech."""
+    from .tasks import task_of
 
-    tally = Tally()
+    if task_of(spec) == "speech":
+        from .spoken_metrics import SpokenTally
+
+        return SpokenTally()
+    return Tally()
+
+
+def thresholds(spec) -> dict[str, float]:
+    """What the shipped weights of the task of `spec` must reach (docs/TRAINING.md)."""
+    from .tasks import task_of
+
+    if task_of(spec) == "speech":
+        from .spoken_metrics import THRESHOLDS as SPOKEN
+
+        return SPOKEN
+    return THRESHOLDS
+
+
+LOWER_IS_BETTER = ("barge_in_units", "overlap", "unasked", "unasked_long")
+
+
+def misses(m: dict[str, float], limits: dict[str, float]) -> list[str]:
+    """The metrics of `m` on the wrong side of `limits` ("name value vs limit")."""
+    out = []
+    for k, limit in limits.items():
+        bad = m[k] > limit if k in LOWER_IS_BETTER else m[k] < limit
+        if bad or m[k] != m[k]:
+            out.append(f"{k} {m[k]:.3f} {'>' if k in LOWER_IS_BETTER else '<'} {limit:g}")
+    return out
+
+
+def evaluate(make_session, spec, seeds, units: int, on_unit=lambda: None) -> dict[str, float]:
+    """Stream the conversations `seeds` (each `units` long) of the task of `spec` through fresh sessions
+    `make_session(seed)`."""
+    from .tasks import conversation
+
+    tally = new_tally(spec)
     for seed in seeds:
-        c = make_conversation(spec, units, seed)
+        c = conversation(spec, units, seed)
         session = make_session(seed)
         try:
             tally.add(c, spec, *stream(session, c, spec, on_unit))
@@ -200,6 +236,6 @@ def evaluate(make_session, spec, seeds, units: int, on_unit=lambda: None) -> dic
 
 def targets_metrics(c: Conversation, spec) -> dict[str, float]:
     """The metrics of the target outputs themselves (the ceiling; checks the metrics and the generator)."""
-    tally = Tally()
+    tally = new_tally(spec)
     tally.add(c, spec, c.text, c.model_audio, c.model_frames)
     return tally.summary()

@@ -29,7 +29,7 @@ from model_src.weights import load_weights, read_preset, save_weights
 from unitio.growing import write_replacing
 from unitio.jsonsafe import loads_bounded
 
-from .codecs import codec_clip, standardize_latents, start_posteriors_narrow
+from .codecs import codec_clip, standardize_latents, start_posteriors_narrow, user_clip_every
 from .data import TRAIN_SEED_BASE, batch_indices, encode_conversations, sample_rand, sample_randn
 from .losses import BackboneLoss, CodecLoss, DistillLoss
 
@@ -48,6 +48,7 @@ class StageConfig:
     audio_lr: float = 2e-3
     reinit: bool = False  # stage a with --init: restart the trained codecs from seeded weights
     context_units: int = 2  # stage a: units before each clip that only set the stream state
+    video_from: str = ""  # stage a: a weights file (or "shipped:PRESET") whose video VAE this one starts from
     conversations: int = 96  # stages b, c: training conversations
     units: int = 40  # stages b, c: units per conversation
     rounds: tuple[int, ...] = ()  # stage c: student steps per distillation round (teacher: twice the first)
@@ -60,6 +61,20 @@ DEFAULTS = {
     "b": StageConfig(steps=500, batch=8, lr=3e-3, conversations=64, units=32, checkpoint_every=50),
     "c": StageConfig(steps=80, batch=8, lr=5e-4, conversations=64, units=32, rounds=(4, 2), checkpoint_every=20),
 }
+# the spoken task (docs/TRAINING.md "The speech model"): a longer audio loop (4 words to voice, many voices
+# to hear), the video VAE warm-started from tiny's (the same faces and squares) and tuned briefly, and
+# many more, shorter conversations (every conversation is one speaker: the speakers heard set how well
+# unheard voices are understood)
+PRESET_DEFAULTS = {"tiny-speech": {
+    "a": replace(DEFAULTS["a"], steps=300, lr=1e-3, audio_steps=2500, video_from="shipped:tiny"),
+    "b": replace(DEFAULTS["b"], steps=600, lr=2e-3, conversations=320, units=24),
+    "c": replace(DEFAULTS["c"], conversations=320, units=24),
+}}
+
+
+def stage_defaults(preset_name: str, stage: str) -> StageConfig:
+    """The default StageConfig of `stage` ("a", "b", "c") for a preset."""
+    return PRESET_DEFAULTS.get(preset_name, DEFAULTS)[stage]
 
 
 class TrainError(ValueError):
@@ -179,10 +194,18 @@ def run_loop(stage: str, system, loss_module: nn.Module, params, cfg: StageConfi
             _say(f"stage {stage}{' ' + label if label else ''}: resumed from {ckpt} at step {start}")
     positions = world.shard(np.arange(cfg.batch))
     bar = _progress(world, f"stage {stage}{' ' + label if label else ''}", cfg.steps, start)
+    # the next step's batch is made in a thread while this step computes (speech rendering and clip
+    # cutting are numpy and C: they overlap torch's work); a batch depends only on its step
+    from concurrent.futures import ThreadPoolExecutor
+
+    prefetch = ThreadPoolExecutor(1, thread_name_prefix="batches")
+    upcoming = prefetch.submit(batch_fn, start, positions) if start < cfg.steps else None
     for step in range(start, cfg.steps):
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, cfg)
-        loss, parts = model(*batch_fn(step, positions))
+        batch = upcoming.result()
+        upcoming = prefetch.submit(batch_fn, step + 1, positions) if step + 1 < cfg.steps else None
+        loss, parts = model(*batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -194,6 +217,7 @@ def run_loop(stage: str, system, loss_module: nn.Module, params, cfg: StageConfi
         done = step + 1 == cfg.steps
         if world.main and (done or (step + 1) % cfg.checkpoint_every == 0):
             save_checkpoint(ckpt, stage, step + 1, system, optimizer, history, cfg)
+    prefetch.shutdown()
     if bar is not None:
         bar.close()
     world.barrier()
@@ -221,8 +245,11 @@ def stage_a(out: Path, cfg: StageConfig, world: World, resume: bool, init: Path 
     for codec in cfg.codecs:
         if init is None or cfg.reinit:
             getattr(system, f"{codec}_vae").load_state_dict(getattr(fresh, f"{codec}_vae").state_dict())
+    if cfg.video_from and "video" in cfg.codecs and (init is None or cfg.reinit):
+        warm_start_video(system, cfg.video_from)
     system.train()
     p = system.preset
+    every = user_clip_every(p)
     history = []
     for codec in ("audio", "video"):
         if codec not in cfg.codecs:
@@ -232,9 +259,9 @@ def stage_a(out: Path, cfg: StageConfig, world: World, resume: bool, init: Path 
 
         def batch(step, positions, codec=codec, loop_cfg=loop_cfg):
             """Clips by global batch position (so any split over processes makes the same ones): the
-            user's side at positions 3 mod 4 (the encoders must tell users apart), else the model's."""
+            user's side at every `every`-th position (the encoders must tell users apart), else the model's."""
             seeds = TRAIN_SEED_BASE + batch_indices(cfg.seed, step, 10**6, loop_cfg.batch)
-            made = [codec_clip(p, seeds[i], cfg.clip_units, i % 4 == 3, [cfg.seed, step, int(i), 1 if codec == "audio" else 2],
+            made = [codec_clip(p, seeds[i], cfg.clip_units, i % every == every - 1, [cfg.seed, step, int(i), 1 if codec == "audio" else 2],
                                context=cfg.context_units) for i in positions]
             if codec == "audio":
                 eps = sample_randn(cfg.seed, step, positions, (cfg.clip_units * p.audio_frames_per_unit, p.audio_z), 1)
@@ -255,6 +282,24 @@ def stage_a(out: Path, cfg: StageConfig, world: World, resume: bool, init: Path 
              f"wrote {out / OUTPUTS['a']}")
     world.barrier()
     return history
+
+
+def warm_start_video(system, source: str) -> None:
+    """Load the video VAE of `source` (a weights file, or "shipped:PRESET" for a preset's shipped
+    weights) into `system`'s; its sizes must be this preset's."""
+    from model_src.weights import embedded_weights
+
+    path = embedded_weights(source.split(":", 1)[1]) if source.startswith("shipped:") else Path(source)
+    if path is None or not Path(path).is_file():
+        raise TrainError(f"--video-from: no weights file {source!r}")
+    donor = load_system(Path(path), "--video-from")
+    mine, theirs = system.video_vae.state_dict(), donor.video_vae.state_dict()
+    wrong = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
+    if wrong:
+        raise TrainError(f"--video-from {path}: its video VAE has other sizes than preset {system.preset.name!r}'s "
+                         f"(first: {wrong[0]}); expected video_z {system.preset.video_z}, "
+                         f"video_vae_dim {system.preset.video_vae_dim}")
+    system.video_vae.load_state_dict(theirs)
 
 
 def training_latents(system, out: Path, cfg: StageConfig, world: World) -> dict[str, torch.Tensor]:

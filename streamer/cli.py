@@ -1,6 +1,7 @@
 """`streamer`: the deployment engineer's command line.
 
     streamer run       stream a clip (synthetic or WAV+MP4) through a session, write out.wav/out.mp4
+    streamer card      the video for a recorded WAV: a coloured square while the person speaks (tiny-speech)
     streamer presets   the presets' sizes and parameter counts
     streamer init-weights   a seeded random weights file for a preset (safetensors)
     streamer import-weights a weights file from local Qwen3 / Mimi / Wan2.1-VAE checkpoints
@@ -29,14 +30,16 @@ import sys
 
 from . import __version__
 from . import args as types
-from . import bench_cmds, build_cmds, model_cmds, plan_cmds, quality_cmds, run_cmds, serve_cmds, train_cmds, trust_cmds
+from . import (bench_cmds, build_cmds, card_cmds, model_cmds, plan_cmds, quality_cmds, run_cmds, serve_cmds, train_cmds,
+               trust_cmds)
 from .errors import exit_code
 from .signals import Terminated
 
 # every command group, in the order `streamer --help` lists them
-COMMANDS = (run_cmds.add_parsers, bench_cmds.add_parsers, model_cmds.add_parsers, build_cmds.add_build_command,
-            trust_cmds.add_keygen_command, build_cmds.add_export_command, quality_cmds.add_parsers,
-            plan_cmds.add_plan_command, serve_cmds.add_parsers, train_cmds.add_parsers, build_cmds.add_inspect_command)
+COMMANDS = (run_cmds.add_parsers, card_cmds.add_parsers, bench_cmds.add_parsers, model_cmds.add_parsers,
+            build_cmds.add_build_command, trust_cmds.add_keygen_command, build_cmds.add_export_command,
+            quality_cmds.add_parsers, plan_cmds.add_plan_command, serve_cmds.add_parsers, train_cmds.add_parsers,
+            build_cmds.add_inspect_command)
 
 
 def main(argv: list[str] | None = None) -> int:

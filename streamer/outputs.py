@@ -24,7 +24,8 @@ out = Console(width=None if sys.stdout.isatty() else 160)  # tables (not squeeze
 
 
 def read_input(spec: str, preset, units: int | None, seed: int, fit: str | None = None):
-    """--input / --data: 'synthetic', 'AUDIO.wav+VIDEO.mp4' or a folder of pairs -> `unitio.media.Units`
+    """--input / --data: 'synthetic' (the user's side of the preset's task's conversation `seed`:
+    training/tasks.py), 'AUDIO.wav+VIDEO.mp4' or a folder of pairs -> `unitio.media.Units`
     (made or read one unit at a time; the files' formats and lengths are checked here, before any unit).
     `fit`: None, "pad" or "trim" when audio and video lengths differ."""
     from unitio.media import FileUnits, FolderUnits
@@ -32,9 +33,9 @@ def read_input(spec: str, preset, units: int | None, seed: int, fit: str | None 
     if spec == "synthetic":
         if fit is not None:
             raise InputError(f"--{fit} goes with files (AUDIO.wav+VIDEO.mp4); synthetic input has equal lengths")
-        from training.conversation import ConversationUnits  # the synthetic conversation
+        from training.tasks import TaskUnits  # the preset's own task's conversation (tones or speech)
 
-        return ConversationUnits(preset, 50 if units is None else units, seed)
+        return TaskUnits(preset, 50 if units is None else units, seed)
     if Path(spec).is_dir():
         made = FolderUnits(Path(spec), preset, units, fit)
     elif "+" in spec:

@@ -86,8 +86,10 @@ class CodecLoss(nn.Module):
     """Stage a: the VAEs' reconstruction + KL on one batch of clips (training/codecs.py); `codecs` names
     the VAEs it holds (a loop of one codec wraps only that one, so DDP finds no parameter without a gradient)."""
 
-    def __init__(self, system, context_units: int = 0, codecs: tuple[str, ...] = ("audio", "video")) -> None:
+    def __init__(self, system, context_units: int = 0, codecs: tuple[str, ...] = ("audio", "video"),
+                 spectral: bool = True) -> None:
         super().__init__()
+        self.spectral = spectral  # the audio loss's log-STFT term (off for speech: training/codecs.py)
         for codec in ("audio", "video"):  # only the trained codecs are submodules: DDP then sees no unused
             setattr(self, f"{codec}_vae", getattr(system, f"{codec}_vae") if codec in codecs else None)
         self.context = context_units
@@ -98,9 +100,9 @@ class CodecLoss(nn.Module):
         from .codecs import audio_vae_loss, video_vae_loss
 
         if frames is None:  # the audio loop
-            return audio_vae_loss(self.audio_vae, wave, eps_audio, self.context * self.samples)
+            return audio_vae_loss(self.audio_vae, wave, eps_audio, self.context * self.samples, self.spectral)
         if wave is None:  # the video loop
             return video_vae_loss(self.video_vae, frames, eps_video, self.context * self.frames)
-        la, pa = audio_vae_loss(self.audio_vae, wave, eps_audio, self.context * self.samples)
+        la, pa = audio_vae_loss(self.audio_vae, wave, eps_audio, self.context * self.samples, self.spectral)
         lv, pv = video_vae_loss(self.video_vae, frames, eps_video, self.context * self.frames)
         return la + lv, {**pa, **pv}

@@ -30,6 +30,7 @@ from unitio.growing import write_replacing
 from unitio.jsonsafe import loads_bounded
 
 from .codecs import codec_clip, standardize_latents, start_posteriors_narrow, user_clip_every
+from .tasks import task_of
 from .data import TRAIN_SEED_BASE, batch_indices, encode_conversations, sample_rand, sample_randn
 from .losses import BackboneLoss, CodecLoss, DistillLoss
 
@@ -66,8 +67,8 @@ DEFAULTS = {
 # many more, shorter conversations (every conversation is one speaker: the speakers heard set how well
 # unheard voices are understood)
 PRESET_DEFAULTS = {"tiny-speech": {
-    "a": replace(DEFAULTS["a"], steps=300, lr=1e-3, audio_steps=2500, video_from="shipped:tiny"),
-    "b": replace(DEFAULTS["b"], steps=600, lr=2e-3, conversations=320, units=24),
+    "a": replace(DEFAULTS["a"], steps=300, lr=1e-3, audio_steps=2400, audio_lr=1e-3, clip_units=2, video_from="shipped:tiny"),
+    "b": replace(DEFAULTS["b"], steps=700, lr=2e-3, conversations=320, units=24),
     "c": replace(DEFAULTS["c"], conversations=320, units=24),
 }}
 
@@ -270,7 +271,8 @@ def stage_a(out: Path, cfg: StageConfig, world: World, resume: bool, init: Path 
             return None, torch.from_numpy(np.stack([f for _, f in made])), None, eps
 
         vae = getattr(system, f"{codec}_vae")
-        loss = CodecLoss(system, cfg.context_units, (codec,))  # only this codec: DDP sees no unused parameter
+        # only this codec: DDP sees no unused parameter; speech drops the spectral term (training/codecs.py)
+        loss = CodecLoss(system, cfg.context_units, (codec,), spectral=task_of(p) != "speech")
         history += run_loop("a", system, loss, list(vae.parameters()), loop_cfg, out, world, batch, resume, codec,
                             step_offset=len(history))
     system.eval()

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .conversation import ANSWER_FREQS_HZ, COLOUR_WORDS, FACE_COLOURS, FACE_SKIN, SIL, Conversation, face_regions
+from .conversation import ANSWER_FREQS_HZ, COLOUR_WORDS, SIL, Conversation
+from .readout import check_outputs, correlation, dominant_frequency, face_colour_class, mouth_opening  # noqa: F401 (re-exported)
 
 ACTIVE_RMS = 0.04  # output audio RMS above which the model counts as speaking (answers: ~0.15-0.35)
 # what the shipped weights must reach through the ONNX Runtime engines on held-out conversations
@@ -64,7 +65,7 @@ class Tally:
     def add(self, c: Conversation, spec, tokens: np.ndarray, audio: np.ndarray, frames: np.ndarray) -> None:
         """Score one conversation's outputs: tokens [U, 2], audio [U * S], frames [U * F, H, W, 3]."""
         u, s, f = c.units, spec.samples_per_unit, spec.frames_per_unit
-        _check(tokens, audio, frames, u, spec)
+        check_outputs(tokens, audio, frames, u, spec)
         speak, ans = c.model_speaking, c.answer
         rms = np.sqrt((audio[:u * s].reshape(u, s).astype(np.float64) ** 2).mean(1))
         active = rms > ACTIVE_RMS
@@ -112,8 +113,8 @@ class Tally:
             "semitone_error": float(np.median(self.semitone_errors)) if self.semitone_errors else float("nan"),
             "face": 0.5 * (rate(self.face_answer_ok, self.answer_units) + rate(self.face_silent_ok, self.silent_units)),
             "turn": 0.5 * (rate(self.active_on_answer, self.answer_units) + rate(self.inactive_on_silent, self.silent_units)),
-            "sync": _corr(mouth, loud),
-            "sync_answer": _corr(mouth[in_ans.astype(bool)], loud[in_ans.astype(bool)]),
+            "sync": correlation(mouth, loud),
+            "sync_answer": correlation(mouth[in_ans.astype(bool)], loud[in_ans.astype(bool)]),
             "barge_in_units": float(np.mean(self.barge_in_latency)) if self.barge_in_latency else float("nan"),
             "barge_ins": float(len(self.barge_in_latency)),
             "overlap": rate(self.overlap_units, self.units),
@@ -122,44 +123,6 @@ class Tally:
         }
         m["task"] = float(np.mean([max(m[k], 0.0) if k == "sync" else m[k] for k in SCORE_PARTS]))
         return m
-
-
-def _check(tokens, audio, frames, units, spec) -> None:
-    h, w, f, s = spec.frame_height, spec.frame_width, spec.frames_per_unit, spec.samples_per_unit
-    if tokens.shape != (units, 2) or audio.shape != (units * s,) or frames.shape != (units * f, h, w, 3):
-        raise ValueError(f"metrics: expected tokens [{units}, 2], audio [{units * s}], frames [{units * f}, {h}, {w}, 3]; "
-                         f"got {tokens.shape}, {audio.shape}, {frames.shape}")
-
-
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 2 or a.std() == 0 or b.std() == 0:
-        return 0.0
-    return float(np.corrcoef(a, b)[0, 1])
-
-
-def dominant_frequency(x: np.ndarray, sample_rate: int) -> float:
-    """Frequency (Hz) of the largest peak of the Hann-windowed spectrum between 100 and 4000 Hz."""
-    spec = np.abs(np.fft.rfft(x.astype(np.float64) * np.hanning(len(x))))
-    freqs = np.fft.rfftfreq(len(x), 1.0 / sample_rate)
-    band = (freqs >= 100) & (freqs <= 4000)
-    return float(freqs[band][np.argmax(spec[band])])
-
-
-def face_colour_class(frames: np.ndarray, spec) -> np.ndarray:
-    """[U]: which face colour each unit shows (mean of the cheek patch over its frames): 0 skin, 1 + colour."""
-    f = spec.frames_per_unit
-    cheeks = face_regions(spec.frame_height, spec.frame_width)["cheeks"]
-    mean = frames[:, cheeks].astype(np.float64).mean(1).reshape(-1, f, 3).mean(1)  # [U, 3]
-    palette = np.concatenate([np.array([FACE_SKIN]), FACE_COLOURS]).astype(np.float64)
-    return np.argmin(((mean[:, None] - palette[None]) ** 2).sum(-1), axis=1)
-
-
-def mouth_opening(frames: np.ndarray, spec) -> np.ndarray:
-    """[N frames]: how dark the mouth box is, 1 - mean luminance / 255 (higher = more open); continuous, so
-    a blurred mouth still measures."""
-    box = face_regions(spec.frame_height, spec.frame_width)["mouth_box"]
-    lum = frames[:, box].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    return 1.0 - lum.mean(1) / 255.0
 
 
 # --- streaming a conversation through any session ---------------------------------------------------------

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .conversation import SIL
-from .metrics import _check, _corr, face_colour_class, mouth_opening
+from .readout import check_outputs, correlation, face_colour_class, mouth_opening
 
 ACTIVE_RMS = 0.012
 SCORE_PARTS = ("text", "words", "face", "turn", "sync")
@@ -79,7 +79,7 @@ class SpokenTally:
         from .recognizer import answer_segments
 
         u, s, f = c.units, spec.samples_per_unit, spec.frames_per_unit
-        _check(tokens, audio, frames, u, spec)
+        check_outputs(tokens, audio, frames, u, spec)
         speak = c.model_speaking
         rms = np.sqrt((audio[:u * s].reshape(u, s).astype(np.float64) ** 2).mean(1))
         active = rms > ACTIVE_RMS
@@ -133,8 +133,8 @@ class SpokenTally:
             "word_answers": float(self.word_answers),
             "face": 0.5 * (rate(self.face_answer_ok, self.answer_units) + rate(self.face_silent_ok, self.silent_units)),
             "turn": 0.5 * (rate(self.active_on_answer, self.answer_units) + rate(self.inactive_on_silent, self.silent_units)),
-            "sync": _corr(mouth, loud),
-            "sync_answer": _corr(mouth[in_ans.astype(bool)], loud[in_ans.astype(bool)]),
+            "sync": correlation(mouth, loud),
+            "sync_answer": correlation(mouth[in_ans.astype(bool)], loud[in_ans.astype(bool)]),
             "barge_in_units": float(np.mean(self.barge_in_latency)) if self.barge_in_latency else float("nan"),
             "barge_ins": float(len(self.barge_in_latency)),
             "overlap": rate(self.overlap_units, self.units),

@@ -195,3 +195,32 @@ def test_shipped_speech_weights_reach_the_thresholds_through_ort_engines(speech_
                                                    "overlap", "unasked")) + f"; random weights (torch): task {floor['task']:.3f}")
     assert not misses(m, thresholds(SPEECH)), misses(m, thresholds(SPEECH))
     assert m["task"] > floor["task"] + 0.3
+
+
+def test_previous_latents_are_mixed_towards_noise_as_configured():
+    """Stages b/c of the spoken task feed each unit's previous latents mixed towards noise by
+    batch["prev_mix"] (losses.teacher_forced_inputs): mix 0 is the clean shift, mix 1 the noise itself,
+    and unit 0 stays the session's zeros; the trainer draws the mix only where the preset's config says."""
+    from model_src.system import build_system
+    from training.losses import teacher_forced_inputs
+    from training.trainer import _conversation_batch, stage_defaults
+
+    model = build_system(SPEECH, device="meta").model
+    g = torch.Generator().manual_seed(0)
+    b, u = 2, 5
+    batch = {"audio_out": torch.randn(b, u, 4, SPEECH.audio_z, generator=g), "video_out": torch.randn(b, u, 16, 4, 4, generator=g),
+             "audio_in": torch.zeros(b, u, 4, SPEECH.audio_z), "video_in": torch.zeros(b, u, 16, 4, 4),
+             "text": torch.ones(b, u, 2, dtype=torch.int64)}
+    clean = teacher_forced_inputs(model, batch)
+    noise = {"prev_noise_audio": torch.randn(b, u, 4, SPEECH.audio_z, generator=g), "prev_noise_video": torch.randn(b, u, 16, 4, 4, generator=g)}
+    same = teacher_forced_inputs(model, {**batch, **noise, "prev_mix": torch.zeros(b, u)})
+    assert torch.equal(same["audio_prev"], clean["audio_prev"]) and torch.equal(same["video_prev"], clean["video_prev"])
+    full = teacher_forced_inputs(model, {**batch, **noise, "prev_mix": torch.ones(b, u)})
+    assert torch.equal(full["audio_prev"], noise["prev_noise_audio"]) and torch.equal(full["video_prev"], noise["prev_noise_video"])
+    assert stage_defaults("tiny-speech", "b").prev_noise and stage_defaults("tiny-speech", "c").prev_noise
+    assert not stage_defaults("tiny", "b").prev_noise  # the tone recipe is unchanged
+    data = {k: v for k, v in batch.items()}
+    made, *_ = _conversation_batch(data, stage_defaults("tiny-speech", "b"), 0, np.arange(2), SPEECH, lambda pos, n: None)
+    assert made["prev_mix"].shape == (2, u) and (made["prev_mix"][:, 0] == 0).all() and made["prev_mix"][:, 1:].std() > 0.1
+    plain, *_ = _conversation_batch(data, stage_defaults("tiny", "b"), 0, np.arange(2), SPEECH, lambda pos, n: None)
+    assert "prev_mix" not in plain

@@ -14,13 +14,23 @@ from torch import nn
 
 def teacher_forced_inputs(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The unit inputs of a batch of encoded conversations: the user's latents in, the target answer's
-    previous-unit latents as audio_prev / video_prev (zeros before unit 0, as a session starts), no user text."""
+    previous-unit latents as audio_prev / video_prev (zeros before unit 0, as a session starts), no user text.
+    With batch["prev_mix"] [B, U] (the spoken task), each unit's previous latents are mixed towards
+    batch["prev_noise_audio"/"prev_noise_video"] by that fraction, as the flow's x_t at time 1 - mix: the
+    backbone learns to carry an answer on from its own text, not from latents it will only ever see
+    generated (measured: trained on clean latents, the speech teacher said the right word in an answer's
+    first unit and "green" in the next two)."""
     p = model.preset
     b, u = batch["text"].shape[:2]
     shift = lambda x: torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+    audio_prev, video_prev = shift(batch["audio_out"]), shift(batch["video_out"])
+    if "prev_mix" in batch:  # the previous unit's latents as the solver may leave them (exposure bias)
+        m = batch["prev_mix"]
+        audio_prev = (1 - m[..., None, None]) * audio_prev + m[..., None, None] * batch["prev_noise_audio"]
+        video_prev = (1 - m[..., None, None, None]) * video_prev + m[..., None, None, None] * batch["prev_noise_video"]
     return {"text_in": torch.full((b, u, p.text_in_tokens), p.text_pad_id, dtype=torch.int64),
             "video_in": batch["video_in"], "audio_in": batch["audio_in"],
-            "audio_prev": shift(batch["audio_out"]), "video_prev": shift(batch["video_out"]), "text_out": batch["text"]}
+            "audio_prev": audio_prev, "video_prev": video_prev, "text_out": batch["text"]}
 
 
 def _window(model) -> dict[str, int]:

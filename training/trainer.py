@@ -50,6 +50,7 @@ class StageConfig:
     reinit: bool = False  # stage a with --init: restart the trained codecs from seeded weights
     context_units: int = 2  # stage a: units before each clip that only set the stream state
     video_from: str = ""  # stage a: a weights file (or "shipped:PRESET") whose video VAE this one starts from
+    prev_noise: bool = False  # stages b, c: mix each unit's previous latents towards noise (losses.teacher_forced_inputs)
     conversations: int = 96  # stages b, c: training conversations
     units: int = 40  # stages b, c: units per conversation
     rounds: tuple[int, ...] = ()  # stage c: student steps per distillation round (teacher: twice the first)
@@ -68,8 +69,8 @@ DEFAULTS = {
 # unheard voices are understood)
 PRESET_DEFAULTS = {"tiny-speech": {
     "a": replace(DEFAULTS["a"], steps=300, lr=1e-3, audio_steps=2400, audio_lr=1e-3, clip_units=2, video_from="shipped:tiny"),
-    "b": replace(DEFAULTS["b"], steps=700, lr=2e-3, conversations=320, units=24),
-    "c": replace(DEFAULTS["c"], conversations=320, units=24),
+    "b": replace(DEFAULTS["b"], steps=700, lr=2e-3, conversations=320, units=24, prev_noise=True),
+    "c": replace(DEFAULTS["c"], conversations=320, units=24, prev_noise=True),
 }}
 
 
@@ -347,6 +348,11 @@ def _conversation_batch(data, cfg: StageConfig, step: int, positions, p, draw_t)
     u = batch["text"].shape[1]
     na = sample_randn(cfg.seed, step, positions, (u, p.audio_frames_per_unit, p.audio_z), 3)
     nv = sample_randn(cfg.seed, step, positions, (u, p.video_z, p.latent_height, p.latent_width), 4)
+    if cfg.prev_noise:  # losses.teacher_forced_inputs: previous latents as the solver may leave them
+        mix = sample_rand(cfg.seed, step, positions, (u,), 8)
+        mix[:, 0] = 0.0  # unit 0's previous latents are a session's zeros, exactly
+        batch.update(prev_mix=mix, prev_noise_audio=sample_randn(cfg.seed, step, positions, (u, p.audio_frames_per_unit, p.audio_z), 9),
+                     prev_noise_video=sample_randn(cfg.seed, step, positions, (u, p.video_z, p.latent_height, p.latent_width), 10))
     return batch, na, nv, draw_t(positions, u)
 
 

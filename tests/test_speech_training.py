@@ -224,3 +224,27 @@ def test_previous_latents_are_mixed_towards_noise_as_configured():
     assert made["prev_mix"].shape == (2, u) and (made["prev_mix"][:, 0] == 0).all() and made["prev_mix"][:, 1:].std() > 0.1
     plain, *_ = _conversation_batch(data, stage_defaults("tiny", "b"), 0, np.arange(2), SPEECH, lambda pos, n: None)
     assert "prev_mix" not in plain
+
+
+def test_answer_onsets_weigh_more_in_the_lm_loss():
+    """losses.lm_loss: weight 1 is F.cross_entropy's mean (the tone recipe unchanged); with a weight, only
+    slot 0 of the units where an answer word follows SIL weighs more (a planted error there moves the loss
+    by that weight, the same error in a later answer unit does not)."""
+    import torch.nn.functional as F
+
+    from training.losses import lm_loss
+    from training.trainer import stage_defaults
+
+    text = torch.tensor([[[1, 1], [23, 1], [23, 1], [1, 1]]])  # SIL, answer onset, its second unit, SIL
+    right = torch.full((1, 4, 2, 30), -9.0)
+    right.scatter_(3, text[..., None], 9.0)
+    assert torch.allclose(lm_loss(right, text), F.cross_entropy(right.flatten(0, 2), text.flatten()))
+    def wrong_at(unit):
+        x = right.clone()
+        x[0, unit, 0] = -9.0
+        x[0, unit, 0, 20] = 9.0
+        return x
+    base = float(lm_loss(right, text, 10.0))
+    onset, later = float(lm_loss(wrong_at(1), text, 10.0)) - base, float(lm_loss(wrong_at(2), text, 10.0)) - base
+    assert onset > 9 * later > 0, (onset, later)
+    assert stage_defaults("tiny-speech", "b").onset_weight == 10.0 and stage_defaults("tiny", "b").onset_weight == 1.0

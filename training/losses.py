@@ -33,6 +33,23 @@ def teacher_forced_inputs(model, batch: dict[str, torch.Tensor]) -> dict[str, to
             "audio_prev": audio_prev, "video_prev": video_prev, "text_out": batch["text"]}
 
 
+def lm_loss(logits: torch.Tensor, text: torch.Tensor, onset_weight: float = 1.0) -> torch.Tensor:
+    """Cross-entropy of text_out: logits [B, U, T, V], targets [B, U, T]. With onset_weight > 1 the first
+    slot of each unit where an answer starts (a word after SIL: the one unit where the answer is decided,
+    ~1 token in 25) weighs that much more (the spoken task: measured, at weight 1 the speech model learned
+    to carry an answer on but decided its first word at chance); weight 1 is the plain mean."""
+    ce = F.cross_entropy(logits.flatten(0, 2), text.flatten(), reduction="none").view(text.shape)
+    if onset_weight == 1.0:
+        return ce.mean()
+    first = text[..., 0]
+    before = torch.cat([torch.full_like(first[:, :1], -1), first[:, :-1]], dim=1)
+    sil = first.new_tensor(1)  # training.conversation.SIL
+    onset = (first != sil) & (before == sil)
+    w = torch.ones_like(ce)
+    w[..., 0] = torch.where(onset, torch.full_like(ce[..., 0], onset_weight), w[..., 0])
+    return (ce * w).sum() / w.sum()
+
+
 def _window(model) -> dict[str, int]:
     return {"sink_units": model.preset.sink_units, "window_units": model.preset.window_units}
 
@@ -42,14 +59,14 @@ class BackboneLoss(nn.Module):
     answer's latents, each unit's flow block at its own random time t (audio and video terms averaged
     separately and summed, as `model_src.flow.flow_matching_loss`)."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, onset_weight: float = 1.0) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.onset_weight = model, onset_weight
 
     def forward(self, batch, noise_audio, noise_video, t):
         m = self.model
         _, logits, ks, vs = m.units_offline(**teacher_forced_inputs(m, batch), **_window(m))
-        lm = F.cross_entropy(logits.flatten(0, 2), batch["text"].flatten())
+        lm = lm_loss(logits, batch["text"], self.onset_weight)
         ta, tv = t[..., None, None], t[..., None, None, None]
         a, v = batch["audio_out"], batch["video_out"]
         va, vv = m.flow_offline((1 - ta) * noise_audio + ta * a, (1 - tv) * noise_video + tv * v, t, ks, vs, **_window(m))
@@ -64,9 +81,9 @@ class DistillLoss(nn.Module):
     the forward process at the student's grid times t = i/N (under flow matching its marginals are the
     ODE's). The student also keeps the teacher-forced LM loss: the backbone is shared with the text."""
 
-    def __init__(self, student, teacher, student_steps: int) -> None:
+    def __init__(self, student, teacher, student_steps: int, onset_weight: float = 1.0) -> None:
         super().__init__()
-        self.model, self.teacher, self.n = student, teacher, student_steps
+        self.model, self.teacher, self.n, self.onset_weight = student, teacher, student_steps, onset_weight
         for p_ in teacher.parameters():
             p_.requires_grad_(False)
 
@@ -86,7 +103,7 @@ class DistillLoss(nn.Module):
             target_a = (ya + half * va2 - xa) * n  # the velocity of one student step of 1/n
             target_v = (yv + half * vv2 - xv) * n
         _, logits, ks, vs = s.units_offline(**inputs, **_window(s))
-        lm = F.cross_entropy(logits.flatten(0, 2), batch["text"].flatten())
+        lm = lm_loss(logits, batch["text"], self.onset_weight)
         sa, sv = s.flow_offline(xa, xv, t, ks, vs, **_window(s))
         distill = F.mse_loss(sa, target_a) + F.mse_loss(sv, target_v)
         return lm + distill, {"lm": lm.detach(), "distill": distill.detach()}

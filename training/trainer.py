@@ -51,6 +51,7 @@ class StageConfig:
     context_units: int = 2  # stage a: units before each clip that only set the stream state
     video_from: str = ""  # stage a: a weights file (or "shipped:PRESET") whose video VAE this one starts from
     prev_noise: bool = False  # stages b, c: mix each unit's previous latents towards noise (losses.teacher_forced_inputs)
+    onset_weight: float = 1.0  # stages b, c: weight of an answer's first text token in the LM loss (losses.lm_loss)
     conversations: int = 96  # stages b, c: training conversations
     units: int = 40  # stages b, c: units per conversation
     rounds: tuple[int, ...] = ()  # stage c: student steps per distillation round (teacher: twice the first)
@@ -66,11 +67,12 @@ DEFAULTS = {
 # the spoken task (docs/TRAINING.md "The speech model"): a longer audio loop (4 words to voice, many voices
 # to hear), the video VAE warm-started from tiny's (the same faces and squares) and tuned briefly, and
 # many more, shorter conversations (every conversation is one speaker: the speakers heard set how well
-# unheard voices are understood)
+# unheard voices are understood); stage b's steps are the total of the three phases that made the
+# shipped weights (700 + 450 + 600 + 600, docs/TRAINING.md), in one run
 PRESET_DEFAULTS = {"tiny-speech": {
     "a": replace(DEFAULTS["a"], steps=300, lr=1e-3, audio_steps=2400, audio_lr=1e-3, clip_units=2, video_from="shipped:tiny"),
-    "b": replace(DEFAULTS["b"], steps=700, lr=2e-3, conversations=320, units=24, prev_noise=True),
-    "c": replace(DEFAULTS["c"], conversations=320, units=24, prev_noise=True),
+    "b": replace(DEFAULTS["b"], steps=2350, lr=2e-3, conversations=1280, units=24, prev_noise=True, onset_weight=10.0),
+    "c": replace(DEFAULTS["c"], conversations=1280, units=24, prev_noise=True, onset_weight=10.0),
 }}
 
 
@@ -367,7 +369,7 @@ def stage_b(out: Path, cfg: StageConfig, world: World, resume: bool, init: Path 
         return _conversation_batch(data, cfg, step, positions, p,
                                    lambda pos, u: sample_rand(cfg.seed, step, pos, (u,), 5))
 
-    history = run_loop("b", system, BackboneLoss(model), list(model.parameters()), cfg, out, world, batch, resume, "")
+    history = run_loop("b", system, BackboneLoss(model, cfg.onset_weight), list(model.parameters()), cfg, out, world, batch, resume, "")
     model.eval()
     if world.main:
         save_weights(system, p, out / OUTPUTS["b"])
@@ -397,7 +399,7 @@ def stage_c(out: Path, cfg: StageConfig, world: World, resume: bool, init: Path 
                                            np.stack([np.random.default_rng([cfg.seed, step, r, int(i), 6]).integers(0, n, u)
                                                      for i in pos])))
 
-        history = run_loop("c", student_system, DistillLoss(student, teacher, n), list(student.parameters()),
+        history = run_loop("c", student_system, DistillLoss(student, teacher, n, cfg.onset_weight), list(student.parameters()),
                            round_cfg, out, world, batch, resume, f"round{r + 1}_{2 * n}to{n}",
                            step_offset=r * steps_per_round, history=history)
         teacher_system, teacher = student_system, student.eval()

@@ -303,7 +303,7 @@ def load_mimi_checkpoint(audio_vae: nn.Module, path: str | Path) -> None:
     _load_checked(audio_vae, state, str(path), strict=False)
 
 
-EMBEDDED = {"tiny": "tiny.safetensors"}  # preset -> trained weights shipped in model_src/trained/
+EMBEDDED = {"tiny": "tiny.safetensors", "tiny-speech": "tiny-speech.safetensors"}  # preset -> trained weights shipped in model_src/trained/
 
 
 def embedded_weights(preset_name: str) -> Path | None:

@@ -21,11 +21,17 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # bench/ itself, from anywhere and without an install (never the cwd)
+
+from bench.marked import replace_marked  # noqa: E402
 from calibration.accuracy import THRESHOLDS, session_diff, stage_error
 from calibration.quantize import fp8_roundtrip, import_modelopt, kv_scales, quant_config, quantize_stage
 from calibration.record import load_calibration, record, stage_feeds
@@ -49,15 +55,7 @@ def markers(preset_name: str) -> tuple[str, str]:
 def replace_section(doc: str, text: str, path: Path, preset_name: str) -> str:
     """`doc` with the preset's marked section (markers included) replaced by `text`; raises SystemExit
     naming the markers where `doc` lacks them (or has them out of order)."""
-    start, end = markers(preset_name)
-    i, j = doc.find(start), doc.find(end)
-    if i < 0 or j < i:
-        found = ("neither" if i < 0 and j < 0 else "only the end marker" if i < 0
-                 else "only the start marker" if j < 0 else "the end marker before the start marker")
-        raise SystemExit(f"--write {path}: expected the markers {start!r} and then {end!r} around preset "
-                         f"{preset_name!r}'s tables, found {found}; add them where they belong (nothing was written)")
-    head, rest = doc.split(start, 1)
-    return head + text + rest.split(end, 1)[1]
+    return replace_marked(doc, text, path, *markers(preset_name), f"preset {preset_name!r}'s tables")
 
 
 class Fp8CacheEngine(Engine):

@@ -27,6 +27,11 @@ from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # bench/ itself, from anywhere and without an install (never the cwd)
+
+from bench.marked import check_marked, replace_marked  # noqa: E402
 from calibration.record import load_calibration, record
 from calibration.torch_engines import torch_parts
 from export.build import build
@@ -96,21 +101,12 @@ def markers(task: str) -> tuple[str, str]:
 
 def check_markers(doc: str, path: Path, task: str) -> None:
     """Raise SystemExit unless `doc` holds the task's start marker followed by its end marker."""
-    start, end = markers(task)
-    i, j = doc.find(start), doc.find(end)
-    if i < 0 or j < i:
-        found = ("neither" if i < 0 and j < 0 else "only the end marker" if i < 0
-                 else "only the start marker" if j < 0 else "the end marker before the start marker")
-        raise SystemExit(f"--write {path}: expected the markers {start!r} and then {end!r} around the {task} task's "
-                         f"table, found {found}; add them where the table belongs (nothing was written)")
+    check_marked(doc, path, *markers(task), f"the {task} task's table")
 
 
 def replace_table(doc: str, text: str, path: Path, task: str) -> str:
     """`doc` with the text between (and including) the task's markers replaced by `text`."""
-    check_markers(doc, path, task)
-    start, end = markers(task)
-    head, rest = doc.split(start, 1)
-    return head + text + rest.split(end, 1)[1]
+    return replace_marked(doc, text, path, *markers(task), f"the {task} task's table")
 
 
 def _cell(m: dict, key: str, decimals: int) -> str:

@@ -126,7 +126,8 @@ def training_preset(args, first_stage: str) -> str:
     from training.trainer import OUTPUTS
 
     named = get_preset(args.preset).name if args.preset else None
-    start = args.init if args.init is not None else (args.out / OUTPUTS[chr(ord(first_stage) - 1)] if first_stage != "a" else None)
+    previous = {"b": "a", "c": "b"}  # the stage whose output a later stage starts from
+    start = args.init if args.init is not None else (args.out / OUTPUTS[previous[first_stage]] if first_stage != "a" else None)
     if first_stage != "a" and start is not None and start.is_file():
         found = read_preset(start).name
         if named and named != found:

@@ -51,3 +51,16 @@ def report_error(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
     rel = err / want.abs().max().item()
     report(f"{name}: max abs {err:.2e}, max rel {rel:.2e} (scale {want.abs().max().item():.2e})")
     return rel
+
+
+def adam_steps(loss_module, params, make_batch, steps: int = 6, lr: float = 3e-3) -> list[float]:
+    """Adam on one fixed batch `make_batch()` (the loss module's arguments): the loss of each step."""
+    opt = torch.optim.Adam(params, lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss, _ = loss_module(*make_batch())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import report
+from helpers import adam_steps, report
 from model_src.config import get_preset
 from training.metrics import misses, new_tally, targets_metrics, thresholds
 from training.tasks import conversation, task_of
@@ -99,33 +99,21 @@ def test_a_few_steps_lower_each_stage_loss_on_speech():
     wave, _ = codec_clips(SPEECH, [TRAIN_SEED_BASE, TRAIN_SEED_BASE + 1], 1, np.random.default_rng(0), conv_units=8)
     assert float(wave.abs().max()) > 0.01  # speech or an answer, not silence
     eps = torch.zeros(2, 4, SPEECH.audio_z)
-    a = _few_steps(CodecLoss(system, 0, ("audio",), spectral=False), list(system.audio_vae.parameters()), lambda: (wave, None, eps, None),
-                   lr=5e-4)
+    a = adam_steps(CodecLoss(system, 0, ("audio",), spectral=False), list(system.audio_vae.parameters()), lambda: (wave, None, eps, None),
+                   steps=5, lr=5e-4)
     system.eval()
     data = encode_conversations(system, [TRAIN_SEED_BASE + 2, TRAIN_SEED_BASE + 3], 10)
     g = torch.Generator().manual_seed(0)
     na, nv = torch.randn(2, 10, 4, SPEECH.audio_z, generator=g), torch.randn(2, 10, SPEECH.video_z, 4, 4, generator=g)
     t = torch.rand(2, 10, generator=g)
     model = system.model.train()
-    b = _few_steps(BackboneLoss(model), list(model.parameters()), lambda: (data, na, nv, t))
+    b = adam_steps(BackboneLoss(model), list(model.parameters()), lambda: (data, na, nv, t), steps=5)
     student = copy.deepcopy(model).train()
     grid = torch.randint(0, 2, (2, 10), generator=g)
-    c = _few_steps(DistillLoss(student, model.eval(), 2), list(student.parameters()), lambda: (data, na, nv, grid), lr=1e-3)
+    c = adam_steps(DistillLoss(student, model.eval(), 2), list(student.parameters()), lambda: (data, na, nv, grid), steps=5, lr=1e-3)
     for name, losses in (("a audio codec", a), ("b backbone", b), ("c distillation", c)):
         report(f"tiny-speech stage {name}: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
         assert losses[-1] < 0.9 * losses[0], (name, losses)
-
-
-def _few_steps(loss_module, params, batch, steps: int = 5, lr: float = 3e-3) -> list[float]:
-    opt = torch.optim.Adam(params, lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss, _ = loss_module(*batch())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return losses
 
 
 def test_train_speech_all_stages_then_eval_through_the_cli(tmp_path, capsys):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import random_units, report
+from helpers import adam_steps, random_units, report
 from model_src.kv_cache import append_unit, init_cache
 from model_src.layout import UnitLayout, block_causal_mask, flow_block_mask
 from training.conversation import SIL, make_conversation
@@ -70,19 +70,6 @@ def test_conversation_targets_score_perfectly_and_noise_does_not(tiny):
     assert noise.summary()["task"] < 0.4
 
 
-def _few_steps(loss_module, params, make_batch, steps=6, lr=3e-3):
-    """Adam on one fixed batch: the losses of each step."""
-    opt = torch.optim.Adam(params, lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss, _ = loss_module(*make_batch())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return losses
-
-
 @pytest.fixture(scope="module")
 def small_latents(tiny):
     from model_src.system import build_system
@@ -110,16 +97,16 @@ def test_a_few_steps_lower_each_stage_loss(tiny, small_latents):
     system = build_system(tiny, seed=5).train()
     wave, frames = codec_clips(tiny, [1_000_000, 1_000_001], 1, np.random.default_rng(0), conv_units=8)
     eps = (torch.zeros(2, 4, tiny.audio_z), torch.zeros(2, tiny.video_z, 1, 4, 4))
-    codec = _few_steps(CodecLoss(system), list(system.audio_vae.parameters()) + list(system.video_vae.parameters()),
+    codec = adam_steps(CodecLoss(system), list(system.audio_vae.parameters()) + list(system.video_vae.parameters()),
                        lambda: (wave, frames, *eps), steps=5)
     teacher_system, data = small_latents
     model = copy.deepcopy(teacher_system.model).train()
     na, nv = _noise(tiny, data)
     t = torch.rand(2, 10, generator=torch.Generator().manual_seed(1))
-    backbone = _few_steps(BackboneLoss(model), list(model.parameters()), lambda: (data, na, nv, t))
+    backbone = adam_steps(BackboneLoss(model), list(model.parameters()), lambda: (data, na, nv, t))
     student = copy.deepcopy(model).train()
     grid = torch.randint(0, 2, (2, 10), generator=torch.Generator().manual_seed(2))
-    distill = _few_steps(DistillLoss(student, model.eval(), 2), list(student.parameters()), lambda: (data, na, nv, grid),
+    distill = adam_steps(DistillLoss(student, model.eval(), 2), list(student.parameters()), lambda: (data, na, nv, grid),
                          lr=1e-3)
     for name, losses in (("a codecs", codec), ("b backbone", backbone), ("c distillation", distill)):
         report(f"stage {name}: loss {losses[0]:.4f} -> {losses[-1]:.4f} in {len(losses)} steps")

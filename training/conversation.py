@@ -194,6 +194,7 @@ class ConversationUnits:
     length keeps flat memory. `len` is the count; iterating (again, from the start) yields (audio, frames)."""
 
     note = None
+    make = staticmethod(make_conversation)  # (spec, units, seed) -> Conversation: what the chunks are
 
     def __init__(self, spec, units: int, seed: int = 0) -> None:
         self.spec, self.n, self.seed = spec, units, seed
@@ -204,7 +205,7 @@ class ConversationUnits:
     def __iter__(self):
         for start in range(0, self.n, CHUNK_UNITS):
             seed = self.seed if start == 0 else [self.seed, start // CHUNK_UNITS]
-            c = make_conversation(self.spec, min(CHUNK_UNITS, self.n - start), seed)
+            c = self.make(self.spec, min(CHUNK_UNITS, self.n - start), seed)
             yield from c.units_of(self.spec)
 
 

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .conversation import ANSWER_FREQS_HZ, COLOUR_WORDS, SIL, Conversation
+from .conversation import ANSWER_FREQS_HZ, ANSWER_UNITS, COLOUR_WORDS, SIL, Conversation
 from .readout import check_outputs, correlation, dominant_frequency, face_colour_class, mouth_opening  # noqa: F401 (re-exported)
+from .turn_tally import TurnTally, task_score
 
 ACTIVE_RMS = 0.04  # output audio RMS above which the model counts as speaking (answers: ~0.15-0.35)
 # what the shipped weights must reach through the ONNX Runtime engines on held-out conversations
@@ -39,89 +40,31 @@ SCORE_PARTS = ("text", "tone", "face", "turn", "sync")
 
 
 @dataclass
-class Tally:
-    """Counts summed over conversations; `summary()` turns them into the metrics."""
+class Tally(TurnTally):
+    """Counts summed over tone conversations; `summary()` turns them into the metrics."""
 
-    conversations: int = 0
-    units: int = 0
-    answer_units: int = 0
-    text_answer_ok: int = 0
-    silent_units: int = 0
-    text_silent_ok: int = 0
     tone_ok: int = 0
     semitone_errors: list = field(default_factory=list)
-    face_answer_ok: int = 0
-    face_silent_ok: int = 0
-    active_on_answer: int = 0
-    inactive_on_silent: int = 0
-    overlap_units: int = 0
-    barge_in_latency: list = field(default_factory=list)
-    answer_latency: list = field(default_factory=list)
-    questions: int = 0
-    mouth: list = field(default_factory=list)
-    loudness: list = field(default_factory=list)
-    in_answer: list = field(default_factory=list)
 
     def add(self, c: Conversation, spec, tokens: np.ndarray, audio: np.ndarray, frames: np.ndarray) -> None:
         """Score one conversation's outputs: tokens [U, 2], audio [U * S], frames [U * F, H, W, 3]."""
-        u, s, f = c.units, spec.samples_per_unit, spec.frames_per_unit
+        u, s = c.units, spec.samples_per_unit
         check_outputs(tokens, audio, frames, u, spec)
         speak, ans = c.model_speaking, c.answer
         rms = np.sqrt((audio[:u * s].reshape(u, s).astype(np.float64) ** 2).mean(1))
-        active = rms > ACTIVE_RMS
-        self.conversations += 1
-        self.units += u
-        self.answer_units += int(speak.sum())
-        self.silent_units += int((~speak).sum())
         right = np.stack([np.array((10, 11, 12))[np.maximum(ans, 0) // 3], np.array(COLOUR_WORDS)[np.maximum(ans, 0) % 3]], 1)
-        self.text_answer_ok += int(np.all(tokens[speak] == right[speak], axis=1).sum())
-        self.text_silent_ok += int(np.all(tokens[~speak] == SIL, axis=1).sum())
         for m in np.flatnonzero(speak):
             freq = dominant_frequency(audio[m * s:(m + 1) * s], spec.sample_rate)
             semis = 12 * np.log2(freq / np.array(ANSWER_FREQS_HZ))
             self.tone_ok += int(np.argmin(np.abs(semis)) == ans[m])
             self.semitone_errors.append(float(abs(semis[ans[m]])))
-        colour = face_colour_class(frames, spec)  # [U]: 0 skin, 1 + colour
-        want = np.where(speak, 1 + np.maximum(ans, 0) % 3, 0)
-        self.face_answer_ok += int((colour == want)[speak].sum())
-        self.face_silent_ok += int((colour == want)[~speak].sum())
-        self.active_on_answer += int(active[speak].sum())
-        self.inactive_on_silent += int((~active[~speak]).sum())
-        self.overlap_units += int((active & c.user_speaking).sum())
-        for onset in c.barge_ins:
-            quiet = np.flatnonzero(~active[onset:])
-            self.barge_in_latency.append(int(quiet[0]) if len(quiet) else u - onset)
-        for start, end, _, _ in c.turns:
-            if end + 1 < u and speak[end + 1]:
-                self.questions += 1
-                window = active[end + 1:end + 5]
-                if window.any():
-                    self.answer_latency.append(int(np.argmax(window)) + 1)
-        hop = s // f
-        self.loudness.append(np.sqrt((audio[:u * s].reshape(u * f, hop).astype(np.float64) ** 2).mean(1)))
-        self.mouth.append(mouth_opening(frames, spec))
-        self.in_answer.append(np.repeat(speak, f))
+        self.add_turns(c, spec, audio, frames, rms > ACTIVE_RMS, np.all(tokens == right, axis=1), np.all(tokens == SIL, axis=1),
+                       np.where(speak, 1 + np.maximum(ans, 0) % 3, 0), [(end, ANSWER_UNITS) for _, end, _, _ in c.turns])
 
     def summary(self) -> dict[str, float]:
-        rate = lambda a, b: a / b if b else float("nan")
-        mouth, loud, in_ans = (np.concatenate(x) if x else np.zeros(0) for x in (self.mouth, self.loudness, self.in_answer))
-        m = {
-            "text": 0.5 * (rate(self.text_answer_ok, self.answer_units) + rate(self.text_silent_ok, self.silent_units)),
-            "text_answer": rate(self.text_answer_ok, self.answer_units),
-            "text_silent": rate(self.text_silent_ok, self.silent_units),
-            "tone": rate(self.tone_ok, self.answer_units),
-            "semitone_error": float(np.median(self.semitone_errors)) if self.semitone_errors else float("nan"),
-            "face": 0.5 * (rate(self.face_answer_ok, self.answer_units) + rate(self.face_silent_ok, self.silent_units)),
-            "turn": 0.5 * (rate(self.active_on_answer, self.answer_units) + rate(self.inactive_on_silent, self.silent_units)),
-            "sync": correlation(mouth, loud),
-            "sync_answer": correlation(mouth[in_ans.astype(bool)], loud[in_ans.astype(bool)]),
-            "barge_in_units": float(np.mean(self.barge_in_latency)) if self.barge_in_latency else float("nan"),
-            "barge_ins": float(len(self.barge_in_latency)),
-            "overlap": rate(self.overlap_units, self.units),
-            "answer_latency_units": float(np.mean(self.answer_latency)) if self.answer_latency else float("nan"),
-            "answered": rate(len(self.answer_latency), self.questions),
-        }
-        m["task"] = float(np.mean([max(m[k], 0.0) if k == "sync" else m[k] for k in SCORE_PARTS]))
+        m = {**self.turn_summary(), "tone": self.rate(self.tone_ok, self.answer_units),
+             "semitone_error": float(np.median(self.semitone_errors)) if self.semitone_errors else float("nan")}
+        m["task"] = task_score(m, SCORE_PARTS)
         return m
 
 

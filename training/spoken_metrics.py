@@ -21,12 +21,13 @@ The task score is the mean of text, words, face, turn and max(sync, 0).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from .conversation import SIL
-from .readout import check_outputs, correlation, face_colour_class, mouth_opening
+from .readout import check_outputs
+from .turn_tally import TurnTally, task_score
 
 ACTIVE_RMS = 0.012
 SCORE_PARTS = ("text", "words", "face", "turn", "sync")
@@ -48,103 +49,47 @@ def recognizer():
 
 
 @dataclass
-class SpokenTally:
+class SpokenTally(TurnTally):
     """Counts summed over spoken conversations; `summary()` turns them into the metrics."""
 
-    conversations: int = 0
-    units: int = 0
-    answer_units: int = 0
-    text_answer_ok: int = 0
-    silent_units: int = 0
-    text_silent_ok: int = 0
     word_hits: int = 0
     word_answers: int = 0
-    face_answer_ok: int = 0
-    face_silent_ok: int = 0
-    active_on_answer: int = 0
-    inactive_on_silent: int = 0
-    overlap_units: int = 0
     idle_units: int = 0
     unasked_units: int = 0
     long_idle_units: int = 0
     long_unasked_units: int = 0
-    barge_in_latency: list = field(default_factory=list)
-    answer_latency: list = field(default_factory=list)
-    questions: int = 0
-    mouth: list = field(default_factory=list)
-    loudness: list = field(default_factory=list)
-    in_answer: list = field(default_factory=list)
 
     def add(self, c, spec, tokens: np.ndarray, audio: np.ndarray, frames: np.ndarray) -> None:
         """Score one conversation (tasks.SpokenAsConversation): tokens [U, 2], audio [U * S], frames [U * F, H, W, 3]."""
         from .recognizer import answer_segments
 
-        u, s, f = c.units, spec.samples_per_unit, spec.frames_per_unit
+        u, s = c.units, spec.samples_per_unit
         check_outputs(tokens, audio, frames, u, spec)
         speak = c.model_speaking
         rms = np.sqrt((audio[:u * s].reshape(u, s).astype(np.float64) ** 2).mean(1))
         active = rms > ACTIVE_RMS
-        self.conversations += 1
-        self.units += u
-        self.answer_units += int(speak.sum())
-        self.silent_units += int((~speak).sum())
-        self.text_answer_ok += int(((tokens[:, 0] == c.text[:, 0]) & (tokens[:, 1] == SIL))[speak].sum())
-        self.text_silent_ok += int(np.all(tokens[~speak] == SIL, axis=1).sum())
         for segment, target in answer_segments(c.spoken, audio):
             self.word_hits += recognizer().recognize(segment).word == target
             self.word_answers += 1
-        colour = face_colour_class(frames, spec)  # [U]: 0 skin, 1 + colour
         shown_while = np.full(u, -1, np.int64)
         for t in c.turns:
             shown_while[t.end + 1:t.end + 1 + t.spoken_units] = t.shown
-        want = np.where(speak, 1 + np.maximum(shown_while, 0), 0)
-        self.face_answer_ok += int((colour == want)[speak].sum())
-        self.face_silent_ok += int((colour == want)[~speak].sum())
-        self.active_on_answer += int(active[speak].sum())
-        self.inactive_on_silent += int((~active[~speak]).sum())
-        self.overlap_units += int((active & c.user_speaking).sum())
         idle = ~c.user_speaking & ~speak
         self.idle_units += int(idle.sum())
         self.unasked_units += int((active & idle).sum())
         long_idle = idle & (_units_since_anything(c.user_speaking | speak) >= LONG_PAUSE_UNITS)
         self.long_idle_units += int(long_idle.sum())
         self.long_unasked_units += int((active & long_idle).sum())
-        for onset in c.barge_ins:
-            quiet = np.flatnonzero(~active[onset:])
-            self.barge_in_latency.append(int(quiet[0]) if len(quiet) else u - onset)
-        for t in c.turns:
-            if t.end + 1 < u and speak[t.end + 1]:
-                self.questions += 1
-                window = active[t.end + 1:t.end + 1 + t.answer_units]
-                if window.any():
-                    self.answer_latency.append(int(np.argmax(window)) + 1)
-        hop = s // f
-        self.loudness.append(np.sqrt((audio[:u * s].reshape(u * f, hop).astype(np.float64) ** 2).mean(1)))
-        self.mouth.append(mouth_opening(frames, spec))
-        self.in_answer.append(np.repeat(speak, f))
+        self.add_turns(c, spec, audio, frames, active, (tokens[:, 0] == c.text[:, 0]) & (tokens[:, 1] == SIL),
+                       np.all(tokens == SIL, axis=1), np.where(speak, 1 + np.maximum(shown_while, 0), 0),
+                       [(t.end, t.answer_units) for t in c.turns])
 
     def summary(self) -> dict[str, float]:
-        rate = lambda a, b: a / b if b else float("nan")
-        mouth, loud, in_ans = (np.concatenate(x) if x else np.zeros(0) for x in (self.mouth, self.loudness, self.in_answer))
-        m = {
-            "text": 0.5 * (rate(self.text_answer_ok, self.answer_units) + rate(self.text_silent_ok, self.silent_units)),
-            "text_answer": rate(self.text_answer_ok, self.answer_units),
-            "text_silent": rate(self.text_silent_ok, self.silent_units),
-            "words": rate(self.word_hits, self.word_answers),
-            "word_answers": float(self.word_answers),
-            "face": 0.5 * (rate(self.face_answer_ok, self.answer_units) + rate(self.face_silent_ok, self.silent_units)),
-            "turn": 0.5 * (rate(self.active_on_answer, self.answer_units) + rate(self.inactive_on_silent, self.silent_units)),
-            "sync": correlation(mouth, loud),
-            "sync_answer": correlation(mouth[in_ans.astype(bool)], loud[in_ans.astype(bool)]),
-            "barge_in_units": float(np.mean(self.barge_in_latency)) if self.barge_in_latency else float("nan"),
-            "barge_ins": float(len(self.barge_in_latency)),
-            "overlap": rate(self.overlap_units, self.units),
-            "unasked": rate(self.unasked_units, self.idle_units),
-            "unasked_long": rate(self.long_unasked_units, self.long_idle_units),
-            "answer_latency_units": float(np.mean(self.answer_latency)) if self.answer_latency else float("nan"),
-            "answered": rate(len(self.answer_latency), self.questions),
-        }
-        m["task"] = float(np.mean([max(m[k], 0.0) if k == "sync" else m[k] for k in SCORE_PARTS]))
+        rate = self.rate
+        m = {**self.turn_summary(), "words": rate(self.word_hits, self.word_answers), "word_answers": float(self.word_answers),
+             "unasked": rate(self.unasked_units, self.idle_units),
+             "unasked_long": rate(self.long_unasked_units, self.long_idle_units)}
+        m["task"] = task_score(m, SCORE_PARTS)
         return m
 
 

@@ -79,7 +79,4 @@ class TaskUnits(tones.ConversationUnits):
     """`streamer run --input synthetic` for any preset: the user's side of its task's conversation `seed`,
     made one chunk of CHUNK_UNITS at a time (flat memory however long the stream)."""
 
-    def __iter__(self):
-        for start in range(0, self.n, tones.CHUNK_UNITS):
-            seed = self.seed if start == 0 else [self.seed, start // tones.CHUNK_UNITS]
-            yield from conversation(self.spec, min(tones.CHUNK_UNITS, self.n - start), seed).units_of(self.spec)
+    make = staticmethod(conversation)

@@ -36,6 +36,10 @@ def add_parsers(sub) -> None:
     train.add_argument("--audio-steps", type=int, help="stage a: steps of the audio loop (default 1500)")
     train.add_argument("--video-from", help="stage a: start the video VAE from this weights file's (tiny-speech "
                                             "default: the shipped tiny weights, shipped:tiny)")
+    train.add_argument("--semantic", type=float, help="stage a: weight of the audio latents' log-mel term (tiny-speech "
+                       "default 1: the backbone hears words across voices; tiny 0)")
+    train.add_argument("--heard-weight", type=float, help="stage b: weight of the training-only heard-word term "
+                       "(tiny-speech default 0.5; tiny 0)")
     train.add_argument("--reinit", action="store_true", help="stage a with --init: restart the trained codecs from seeded weights")
     train.add_argument("--seed", type=int, default=0, help="seed of the batches and of every random draw")
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default 1)")
@@ -95,6 +99,14 @@ def train_command(args) -> int:
                 changes["audio_steps"] = args.audio_steps
             if args.video_from is not None:
                 changes["video_from"] = args.video_from
+            if args.semantic is not None:
+                if not 0 <= args.semantic <= 100:
+                    raise ValueError(f"--semantic: expected a weight in [0, 100], got {args.semantic}")
+                changes["semantic"] = args.semantic
+        if stage == "b" and args.heard_weight is not None:
+            if not 0 <= args.heard_weight <= 100:
+                raise ValueError(f"--heard-weight: expected a weight in [0, 100], got {args.heard_weight}")
+            changes["heard_weight"] = args.heard_weight
         cfg = replace(cfg, seed=args.seed, **changes)
         if cfg.batch % world.size:
             raise ValueError(f"batch {cfg.batch} must be a multiple of the {world.size} processes")

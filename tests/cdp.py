@@ -25,10 +25,11 @@ def find_chromium() -> str | None:
 class Chromium:
     """One browser process (a fresh --user-data-dir) and one page target; `evaluate` runs JS in it."""
 
-    def __init__(self, exe: str, profile: Path, timeout_s: float = 30.0) -> None:
+    def __init__(self, exe: str, profile: Path, timeout_s: float = 30.0, flags: tuple[str, ...] = ()) -> None:
+        """`flags`: more Chromium switches (e.g. --use-file-for-fake-audio-capture=WAV)."""
         from websockets.sync.client import connect
 
-        self.proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        self.proc = subprocess.Popen([exe, *FLAGS, *flags, f"--user-data-dir={profile}", "about:blank"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         port_file, deadline = profile / "DevToolsActivePort", time.monotonic() + timeout_s
         while not port_file.is_file() or len(port_file.read_text().splitlines()) < 2:

@@ -41,6 +41,16 @@ def tiny_batch_engines(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def speech_ort_engines(tmp_path_factory):
+    """`streamer build --preset tiny-speech --backend ort` (its shipped weights) once per test session."""
+    from streamer.cli import main
+
+    out = tmp_path_factory.mktemp("engines") / "speech_ort"
+    assert main(["build", "--preset", "tiny-speech", "--backend", "ort", "--out", str(out)]) == 0
+    return out
+
+
 def pytest_terminal_summary(terminalreporter):
     """Print the numbers the tests measured (oracle errors, losses) whatever the capture mode."""
     from helpers import MEASURED

@@ -83,8 +83,8 @@ def test_a_person_talks_to_the_speech_model_through_files(tmp_path, capsys):
     they speak; `streamer run --preset tiny-speech --input speech.wav+face.mp4` writes an out.wav of the
     input's length in which the model answers each of them, in the pause, with a word of its vocabulary,
     and names the card's colour right in every case where the word is not the card's colour. Where it is,
-    the right answer is "yes", which the shipped weights miss for these voices (they say the colour: the
-    model's weak point, docs/TRAINING.md); that is reported, and at most 3 such misses pass."""
+    the right answer is "yes": the shipped weights say it for two of these three voices (the third gets a
+    colour: "yes" is the model's weak point, docs/TRAINING.md); that is reported, and one such miss passes."""
     from training.spoken_metrics import recognizer
 
     units, right, answers = 12, 0, []
@@ -111,8 +111,7 @@ def test_a_person_talks_to_the_speech_model_through_files(tmp_path, capsys):
     from helpers import report
 
     report("a person through the files (held-out voices): " + "; ".join(answers))
-    colour_cases = sum(answer != "yes" for _, _, answer, _ in PERSON_CASES)
-    assert right >= colour_cases, answers
+    assert right >= len(PERSON_CASES) - 1, answers
     assert recognizer().words == ANSWER_WORDS
 
 

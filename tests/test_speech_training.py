@@ -153,15 +153,6 @@ def _shipped():
     return embedded_weights("tiny-speech") if "tiny-speech" in EMBEDDED else None
 
 
-@pytest.fixture(scope="module")
-def speech_ort_engines(tmp_path_factory):
-    from streamer.cli import main
-
-    out = tmp_path_factory.mktemp("engines") / "speech_ort"
-    assert main(["build", "--preset", "tiny-speech", "--backend", "ort", "--out", str(out)]) == 0
-    return out
-
-
 @pytest.mark.skipif(_shipped() is None, reason="the trained tiny-speech weights are not installed (model_src/trained/)")
 def test_shipped_speech_weights_reach_the_thresholds_through_ort_engines(speech_ort_engines, tmp_path):
     """`streamer build --preset tiny-speech` uses the shipped weights; held-out voices streamed through the

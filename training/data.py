@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from .codecs import video_encode_stats
-from .tasks import TRAIN_SEED_BASE, conversation  # noqa: F401 (TRAIN_SEED_BASE: re-exported)
+from .tasks import TRAIN_SEED_BASE, conversation, heard_labels  # noqa: F401 (TRAIN_SEED_BASE: re-exported)
 
 HELD_OUT_SEED = 100_000  # `streamer eval`'s default first held-out conversation
 
@@ -15,9 +15,10 @@ HELD_OUT_SEED = 100_000  # `streamer eval`'s default first held-out conversation
 def encode_conversations(system, seeds, units: int, batch: int = 8, on_batch=lambda n: None) -> dict[str, torch.Tensor]:
     """Conversations `seeds` through the (frozen) codec encoders -> per-unit latents and targets:
     audio_in [N, U, A, Za], video_in [N, U, Zv, h, w] (the user's), audio_out / video_out (the target
-    answer's, same shapes), text [N, U, n_text_out] int64, speaking [N, U] bool."""
+    answer's, same shapes), text [N, U, n_text_out] int64, speaking [N, U] bool, heard [N, U] int64
+    (tasks.heard_labels: the word asked, -1 where none is due)."""
     p, av, vv = system.preset, system.audio_vae, system.video_vae
-    out: dict[str, list] = {k: [] for k in ("audio_in", "video_in", "audio_out", "video_out", "text", "speaking")}
+    out: dict[str, list] = {k: [] for k in ("audio_in", "video_in", "audio_out", "video_out", "text", "speaking", "heard")}
     seeds = list(seeds)
     for i in range(0, len(seeds), batch):
         convs = [conversation(p, units, int(s)) for s in seeds[i:i + batch]]
@@ -32,6 +33,7 @@ def encode_conversations(system, seeds, units: int, batch: int = 8, on_batch=lam
             out[f"video_{side}"].append(zv.permute(0, 2, 1, 3, 4).contiguous())  # [B, U, Zv, h, w]
         out["text"].append(torch.from_numpy(np.stack([c.text for c in convs])))
         out["speaking"].append(torch.from_numpy(np.stack([c.model_speaking for c in convs])))
+        out["heard"].append(torch.from_numpy(np.stack([heard_labels(c) for c in convs])))
         on_batch(b)
     return {k: torch.cat(v) for k, v in out.items()}
 

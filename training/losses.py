@@ -50,6 +50,22 @@ def lm_loss(logits: torch.Tensor, text: torch.Tensor, onset_weight: float = 1.0)
     return (ce * w).sum() / w.sum()
 
 
+HEARD_CLASSES = 3  # the words a user asks (training/spoken.py QUESTIONS)
+
+
+def heard_loss(head: nn.Module, hidden: torch.Tensor, heard: torch.Tensor) -> torch.Tensor:
+    """Stage b's heard-word term: cross-entropy of `head` (Linear(hidden, 3)) on hidden [B, U, H], the
+    state that predicts each unit's first text token, against heard [B, U] (the word the user asked,
+    tasks.heard_labels; -1: not scored). An answer's first word needs the word heard, but the LM loss
+    says so in one token of 25 and only for "yes" answers; this says it on every unit from the
+    question's end through its answer (measured at mid-training: the first answer word right in 75 %
+    of 110 held-out answers with it, 69 % without, docs/TRAINING.md)."""
+    scored = heard >= 0
+    if not bool(scored.any()):
+        return hidden.new_zeros(())
+    return F.cross_entropy(head(hidden[scored].float()), heard[scored])
+
+
 def _window(model) -> dict[str, int]:
     return {"sink_units": model.preset.sink_units, "window_units": model.preset.window_units}
 
@@ -59,19 +75,28 @@ class BackboneLoss(nn.Module):
     answer's latents, each unit's flow block at its own random time t (audio and video terms averaged
     separately and summed, as `model_src.flow.flow_matching_loss`)."""
 
-    def __init__(self, model, onset_weight: float = 1.0) -> None:
+    def __init__(self, model, onset_weight: float = 1.0, heard_weight: float = 0.0) -> None:
         super().__init__()
-        self.model, self.onset_weight = model, onset_weight
+        self.model, self.onset_weight, self.heard_weight = model, onset_weight, heard_weight
+        self.heard_head = None
+        if heard_weight > 0:  # training-only: checkpointed with the stage, never part of the system
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                self.heard_head = nn.Linear(model.preset.hidden, HEARD_CLASSES)
 
     def forward(self, batch, noise_audio, noise_video, t):
         m = self.model
-        _, logits, ks, vs = m.units_offline(**teacher_forced_inputs(m, batch), **_window(m))
+        hidden, logits, ks, vs = m.units_offline(**teacher_forced_inputs(m, batch), **_window(m))
         lm = lm_loss(logits, batch["text"], self.onset_weight)
         ta, tv = t[..., None, None], t[..., None, None, None]
         a, v = batch["audio_out"], batch["video_out"]
         va, vv = m.flow_offline((1 - ta) * noise_audio + ta * a, (1 - tv) * noise_video + tv * v, t, ks, vs, **_window(m))
         flow = F.mse_loss(va, a - noise_audio) + F.mse_loss(vv, v - noise_video)
-        return lm + flow, {"lm": lm.detach(), "flow": flow.detach()}
+        parts = {"lm": lm.detach(), "flow": flow.detach()}
+        if self.heard_head is None:
+            return lm + flow, parts
+        heard = heard_loss(self.heard_head, hidden[:, :, m.layout.prefix_tokens - 1], batch["heard"])
+        return lm + flow + self.heard_weight * heard, {**parts, "heard": heard.detach()}
 
 
 class DistillLoss(nn.Module):
@@ -111,12 +136,22 @@ class DistillLoss(nn.Module):
 
 class CodecLoss(nn.Module):
     """Stage a: the VAEs' reconstruction + KL on one batch of clips (training/codecs.py); `codecs` names
-    the VAEs it holds (a loop of one codec wraps only that one, so DDP finds no parameter without a gradient)."""
+    the VAEs it holds (a loop of one codec wraps only that one, so DDP finds no parameter without a gradient).
+    `semantic` > 0 adds the audio latents' log-mel term through `semantic_head`, a training-only linear
+    map that is not part of the system (it is checkpointed with the stage, never exported)."""
 
     def __init__(self, system, context_units: int = 0, codecs: tuple[str, ...] = ("audio", "video"),
-                 spectral: bool = True) -> None:
+                 spectral: bool = True, semantic: float = 0.0) -> None:
+        from .codecs import MEL_BANDS
+
         super().__init__()
         self.spectral = spectral  # the audio loss's log-STFT term (off for speech: training/codecs.py)
+        self.semantic = semantic
+        self.semantic_head = None
+        if semantic > 0 and "audio" in codecs:
+            with torch.random.fork_rng():  # the same head in every run and process
+                torch.manual_seed(0)
+                self.semantic_head = nn.Linear(system.preset.audio_z, MEL_BANDS + 1)
         for codec in ("audio", "video"):  # only the trained codecs are submodules: DDP then sees no unused
             setattr(self, f"{codec}_vae", getattr(system, f"{codec}_vae") if codec in codecs else None)
         self.context = context_units
@@ -127,9 +162,11 @@ class CodecLoss(nn.Module):
         from .codecs import audio_vae_loss, video_vae_loss
 
         if frames is None:  # the audio loop
-            return audio_vae_loss(self.audio_vae, wave, eps_audio, self.context * self.samples, self.spectral)
+            return audio_vae_loss(self.audio_vae, wave, eps_audio, self.context * self.samples, self.spectral,
+                                  self.semantic_head, self.semantic)
         if wave is None:  # the video loop
             return video_vae_loss(self.video_vae, frames, eps_video, self.context * self.frames)
-        la, pa = audio_vae_loss(self.audio_vae, wave, eps_audio, self.context * self.samples, self.spectral)
+        la, pa = audio_vae_loss(self.audio_vae, wave, eps_audio, self.context * self.samples, self.spectral,
+                                self.semantic_head, self.semantic)
         lv, pv = video_vae_loss(self.video_vae, frames, eps_video, self.context * self.frames)
         return la + lv, {**pa, **pv}

@@ -66,6 +66,19 @@ def conversation(spec, units: int, seed) -> tones.Conversation:
     return tones.make_conversation(spec, units, seed)
 
 
+def heard_labels(c) -> np.ndarray:
+    """[U] int64: the word the user asked (0-2, spoken.QUESTIONS) on each unit from the question's last
+    unit (the word is then heard whole) through its answer's units, -1 elsewhere and everywhere for the
+    tone task: the targets of stage b's training-only heard-word head (training/losses.py)."""
+    out = np.full(c.units, -1, np.int64)
+    if isinstance(c, SpokenAsConversation):
+        turns = c.spoken.turns
+        for i, t in enumerate(turns):
+            until = turns[i + 1].start if i + 1 < len(turns) else c.units
+            out[t.end:min(until, t.end + 1 + t.answer_units)] = t.asked
+    return out
+
+
 def describe(c) -> list[str]:
     """One line per unit of either task's conversation (for humans reading a run)."""
     if isinstance(c, SpokenAsConversation):

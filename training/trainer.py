@@ -29,7 +29,7 @@ from model_src.weights import load_weights, read_preset, save_weights
 from unitio.growing import write_replacing
 from unitio.jsonsafe import loads_bounded
 
-from .codecs import codec_clip, standardize_latents, start_posteriors_narrow, user_clip_every
+from .codecs import SEMANTIC_WEIGHT, codec_clip, standardize_latents, start_posteriors_narrow, user_clip_every
 from .tasks import task_of
 from .data import TRAIN_SEED_BASE, batch_indices, encode_conversations, sample_rand, sample_randn
 from .losses import BackboneLoss, CodecLoss, DistillLoss
@@ -49,8 +49,10 @@ class StageConfig:
     audio_lr: float = 2e-3
     reinit: bool = False  # stage a with --init: restart the trained codecs from seeded weights
     context_units: int = 2  # stage a: units before each clip that only set the stream state
+    semantic: float = 0.0  # stage a: weight of the audio latents' log-mel term (training/codecs.py audio_vae_loss)
     video_from: str = ""  # stage a: a weights file (or "shipped:PRESET") whose video VAE this one starts from
     prev_noise: bool = False  # stages b, c: mix each unit's previous latents towards noise (losses.teacher_forced_inputs)
+    heard_weight: float = 0.0  # stage b: weight of the training-only heard-word term (training/losses.py heard_loss)
     onset_weight: float = 1.0  # stages b, c: weight of an answer's first text token in the LM loss (losses.lm_loss)
     conversations: int = 96  # stages b, c: training conversations
     units: int = 40  # stages b, c: units per conversation
@@ -67,11 +69,15 @@ DEFAULTS = {
 # the spoken task (docs/TRAINING.md "The speech model"): a longer audio loop (4 words to voice, many voices
 # to hear), the video VAE warm-started from tiny's (the same faces and squares) and tuned briefly, and
 # many more, shorter conversations (every conversation is one speaker: the speakers heard set how well
-# unheard voices are understood); stage b's steps are the total of the three phases that made the
-# shipped weights (700 + 450 + 600 + 600, docs/TRAINING.md), in one run
+# unheard voices are understood); stage b's steps are the total of the phases that made the first
+# shipped weights (700 + 450 + 600 + 600, docs/TRAINING.md), in one run; the audio latents must hold
+# the log-mel spectrum (semantic) and the backbone must name the word it heard (heard_weight): both
+# training-only terms, docs/TRAINING.md "the latents must carry the words"
 PRESET_DEFAULTS = {"tiny-speech": {
-    "a": replace(DEFAULTS["a"], steps=300, lr=1e-3, audio_steps=2400, audio_lr=1e-3, clip_units=2, video_from="shipped:tiny"),
-    "b": replace(DEFAULTS["b"], steps=2350, lr=2e-3, conversations=1280, units=24, prev_noise=True, onset_weight=10.0),
+    "a": replace(DEFAULTS["a"], steps=300, lr=1e-3, audio_steps=2400, audio_lr=1e-3, clip_units=2, semantic=SEMANTIC_WEIGHT,
+                 video_from="shipped:tiny"),
+    "b": replace(DEFAULTS["b"], steps=2350, lr=2e-3, conversations=1280, units=24, prev_noise=True, onset_weight=10.0,
+                 heard_weight=0.5),
     "c": replace(DEFAULTS["c"], conversations=1280, units=24, prev_noise=True, onset_weight=10.0),
 }}
 
@@ -125,10 +131,14 @@ def wrap(module: nn.Module, world: World) -> nn.Module:
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
-def save_checkpoint(path: Path, stage: str, step: int, system, optimizer, history: list, cfg: StageConfig) -> None:
+def save_checkpoint(path: Path, stage: str, step: int, system, optimizer, history: list, cfg: StageConfig,
+                    extra: nn.Module | None = None) -> None:
+    """The system's weights, a training-only `extra` module's (stage a's semantic head), Adam's state."""
     from safetensors.torch import save_file
 
     tensors = {f"weights.{k}": v.detach().clone().contiguous() for k, v in system.state_dict().items()}
+    if extra is not None:
+        tensors.update({f"extra.{k}": v.detach().clone().contiguous() for k, v in extra.state_dict().items()})
     state = optimizer.state_dict()
     for i, s in state["state"].items():
         for name, value in s.items():
@@ -139,7 +149,7 @@ def save_checkpoint(path: Path, stage: str, step: int, system, optimizer, histor
     write_replacing(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))  # never half a checkpoint
 
 
-def load_checkpoint(path: Path, stage: str, system, optimizer) -> tuple[int, list]:
+def load_checkpoint(path: Path, stage: str, system, optimizer, extra: nn.Module | None = None) -> tuple[int, list]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -152,6 +162,12 @@ def load_checkpoint(path: Path, stage: str, system, optimizer) -> tuple[int, lis
         raise TrainError(f"{path}: checkpoint of another preset or flow_steps than this run's")
     tensors = load_file(str(path))
     system.load_state_dict({k[len("weights."):]: v for k, v in tensors.items() if k.startswith("weights.")})
+    if extra is not None:
+        held = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+        if set(held) != set(extra.state_dict()):
+            raise TrainError(f"{path}: checkpoint without this run's training-only head (a run with another "
+                             "--semantic or --heard-weight): resume with the same, or start without --resume")
+        extra.load_state_dict(held)
     try:  # metadata from disk: bounded (size, nesting) before it is parsed
         groups, history = (loads_bounded(meta.get(k, ""), 64 << 20, 8) for k in ("param_groups", "history"))
     except ValueError as e:
@@ -185,7 +201,8 @@ def lr_at(step: int, cfg: StageConfig) -> float:
 
 
 def run_loop(stage: str, system, loss_module: nn.Module, params, cfg: StageConfig, out: Path, world: World,
-             batch_fn, resume: bool, label: str, step_offset: int = 0, history: list | None = None) -> list:
+             batch_fn, resume: bool, label: str, step_offset: int = 0, history: list | None = None,
+             extra: nn.Module | None = None) -> list:
     """Adam over `params` for cfg.steps steps of `loss_module(*batch_fn(step, shard_positions))`;
     checkpoints every cfg.checkpoint_every steps and at the end. Returns the loss history."""
     ckpt = out / f"stage_{stage}{'_' + label if label else ''}.ckpt.safetensors"
@@ -193,7 +210,7 @@ def run_loop(stage: str, system, loss_module: nn.Module, params, cfg: StageConfi
     model = wrap(loss_module, world)
     start, history = 0, list(history or [])
     if resume and ckpt.is_file():
-        start, history = load_checkpoint(ckpt, stage, system, optimizer)
+        start, history = load_checkpoint(ckpt, stage, system, optimizer, extra)
         if world.main:
             _say(f"stage {stage}{' ' + label if label else ''}: resumed from {ckpt} at step {start}")
     positions = world.shard(np.arange(cfg.batch))
@@ -220,7 +237,7 @@ def run_loop(stage: str, system, loss_module: nn.Module, params, cfg: StageConfi
             bar.update(1, " ".join(f"{k} {v:.4f}" for k, v in values.items()))
         done = step + 1 == cfg.steps
         if world.main and (done or (step + 1) % cfg.checkpoint_every == 0):
-            save_checkpoint(ckpt, stage, step + 1, system, optimizer, history, cfg)
+            save_checkpoint(ckpt, stage, step + 1, system, optimizer, history, cfg, extra)
     prefetch.shutdown()
     if bar is not None:
         bar.close()
@@ -275,9 +292,10 @@ def stage_a(out: Path, cfg: StageConfig, world: World, resume: bool, init: Path 
 
         vae = getattr(system, f"{codec}_vae")
         # only this codec: DDP sees no unused parameter; speech drops the spectral term (training/codecs.py)
-        loss = CodecLoss(system, cfg.context_units, (codec,), spectral=task_of(p) != "speech")
-        history += run_loop("a", system, loss, list(vae.parameters()), loop_cfg, out, world, batch, resume, codec,
-                            step_offset=len(history))
+        loss = CodecLoss(system, cfg.context_units, (codec,), spectral=task_of(p) != "speech", semantic=cfg.semantic)
+        params = list(vae.parameters()) + (list(loss.semantic_head.parameters()) if loss.semantic_head is not None else [])
+        history += run_loop("a", system, loss, params, loop_cfg, out, world, batch, resume, codec,
+                            step_offset=len(history), extra=loss.semantic_head)
     system.eval()
     if world.main:
         sa, sv = standardize_latents(system, p, TRAIN_SEED_BASE + np.arange(32))
@@ -333,7 +351,7 @@ def _codec_key(system, cfg: StageConfig) -> str:
     for name, t in sorted({**system.audio_vae.state_dict(), **system.video_vae.state_dict()}.items()):
         h.update(name.encode())
         h.update(t.detach().contiguous().numpy().tobytes())
-    h.update(f"{cfg.conversations} {cfg.units} {system.preset.to_json()}".encode())
+    h.update(f"{cfg.conversations} {cfg.units} {system.preset.to_json()} heard".encode())
     return h.hexdigest()
 
 
@@ -369,7 +387,11 @@ def stage_b(out: Path, cfg: StageConfig, world: World, resume: bool, init: Path 
         return _conversation_batch(data, cfg, step, positions, p,
                                    lambda pos, u: sample_rand(cfg.seed, step, pos, (u,), 5))
 
-    history = run_loop("b", system, BackboneLoss(model, cfg.onset_weight), list(model.parameters()), cfg, out, world, batch, resume, "")
+    loss = BackboneLoss(model, cfg.onset_weight, cfg.heard_weight)
+    if loss.heard_head is not None and "heard" not in data:
+        raise TrainError(f"{out / 'latents.safetensors'} has no heard-word labels: delete it to re-encode")
+    params = list(model.parameters()) + (list(loss.heard_head.parameters()) if loss.heard_head is not None else [])
+    history = run_loop("b", system, loss, params, cfg, out, world, batch, resume, "", extra=loss.heard_head)
     model.eval()
     if world.main:
         save_weights(system, p, out / OUTPUTS["b"])

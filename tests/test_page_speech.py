@@ -88,6 +88,8 @@ def test_a_person_talks_to_the_speech_model_in_the_browser(served_speech, tmp_pa
         browser.open(served_speech + "/")
         browser.call("Emulation.setDeviceMetricsOverride", width=1040, height=720, deviceScaleFactor=1, mobile=False)
         assert browser.wait_for("document.readyState === 'complete' && !!window.avs", 30)
+        assert browser.wait_for("document.getElementById('about').textContent.includes('tiny-speech')", 10), \
+            js("document.getElementById('about').textContent")  # the page says what this model does
         js("document.getElementById('start').click()", gesture=True)
         stats = browser.wait_for("window.avs.received >= 60 && window.avs.transcript.length >= 2 && window.avs", 90)
         assert stats, f"no answers came back: {js('JSON.stringify(window.avs)')}"

@@ -101,6 +101,17 @@ function setState(state, help = "") {
 
 // ---- the transcript: text ids -> words (the server's /info `words`); a run of speaking units is one line ----
 let words = {};
+
+// ---- what the served model does, in words: the tone model (tiny) or the speech model (tiny-speech) ----
+const ABOUT = {
+  "tiny-speech": 'The served <code>tiny-speech</code> model hears words: ask <i>red?</i>, <i>green?</i> or '
+    + '<i>blue?</i> while you hold a card of a colour in the middle of the picture, lower it, and listen: it '
+    + 'says <i>yes</i> when your word names the card\'s colour, else the card\'s colour.',
+};
+function describeModel(name) {  // static strings only: nothing from the server is written as HTML
+  if (Object.prototype.hasOwnProperty.call(ABOUT, name)) $("about").innerHTML = `(${ABOUT[name]})`;
+}
+fetch("/info", { cache: "no-store" }).then((r) => (r.ok ? r.json() : null)).then((i) => i && describeModel(i.spec.name)).catch(() => {});
 const say = (id) => (id in words ? words[id] : `#${id}`);  // an id the server has no word for stays visible as one
 
 function heardText(s, h) {
@@ -213,6 +224,7 @@ async function openSession() {
     throw failure("stopped", `The server does not answer${why}. Start it (streamer serve) and press Retry.`);
   }
   words = info.words || {};
+  describeModel(info.spec.name);
   const spec = info.spec, W = spec.frame_width, H = spec.frame_height;
   let media;
   try {

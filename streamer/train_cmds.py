@@ -99,14 +99,12 @@ def train_command(args) -> int:
                 changes["audio_steps"] = args.audio_steps
             if args.video_from is not None:
                 changes["video_from"] = args.video_from
-            if args.semantic is not None:
-                if not 0 <= args.semantic <= 100:
-                    raise ValueError(f"--semantic: expected a weight in [0, 100], got {args.semantic}")
-                changes["semantic"] = args.semantic
-        if stage == "b" and args.heard_weight is not None:
-            if not 0 <= args.heard_weight <= 100:
-                raise ValueError(f"--heard-weight: expected a weight in [0, 100], got {args.heard_weight}")
-            changes["heard_weight"] = args.heard_weight
+        for flag, field, for_stage in (("--semantic", "semantic", "a"), ("--heard-weight", "heard_weight", "b")):
+            value = getattr(args, field)
+            if stage == for_stage and value is not None:
+                if not 0 <= value <= 100:
+                    raise ValueError(f"{flag}: expected a weight in [0, 100], got {value}")
+                changes[field] = value
         cfg = replace(cfg, seed=args.seed, **changes)
         if cfg.batch % world.size:
             raise ValueError(f"batch {cfg.batch} must be a multiple of the {world.size} processes")

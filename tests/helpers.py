@@ -53,14 +53,15 @@ def report_error(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
     return rel
 
 
-def adam_steps(loss_module, params, make_batch, steps: int = 6, lr: float = 3e-3) -> list[float]:
-    """Adam on one fixed batch `make_batch()` (the loss module's arguments): the loss of each step."""
+def adam_steps(loss_module, params, make_batch, steps: int = 6, lr: float = 3e-3, part: str | None = None) -> list[float]:
+    """Adam on one fixed batch `make_batch()` (the loss module's arguments): the loss of each step, or
+    with `part` that named term of the loss module's parts."""
     opt = torch.optim.Adam(params, lr=lr)
     losses = []
     for _ in range(steps):
-        loss, _ = loss_module(*make_batch())
+        loss, parts = loss_module(*make_batch())
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(float((parts[part] if part else loss).detach()))
     return losses

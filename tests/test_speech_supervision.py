@@ -51,20 +51,14 @@ def test_semantic_head_lowers_its_term_and_is_checkpointed(tmp_path):
     eps = torch.zeros(2, 4, SPEECH.audio_z)
     loss = CodecLoss(system, 0, ("audio",), spectral=False, semantic=1.0)
     params = list(system.audio_vae.parameters()) + list(loss.semantic_head.parameters())
-    mel = []
-    opt = torch.optim.Adam(params, lr=1e-3)
-    for _ in range(6):
-        total, parts = loss(wave, None, eps, None)
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        mel.append(float(parts["audio_mel"]))
+    mel = adam_steps(loss, params, lambda: (wave, None, eps, None), lr=1e-3, part="audio_mel")
     assert mel[-1] < 0.8 * mel[0], mel
     plain = CodecLoss(system, 0, ("audio",), spectral=False)
     assert plain.semantic_head is None and "audio_mel" not in plain(wave, None, eps, None)[1]
     assert stage_defaults("tiny-speech", "a").semantic == 1.0 and stage_defaults("tiny", "a").semantic == 0.0
     ckpt = tmp_path / "stage_a.ckpt.safetensors"
-    save_checkpoint(ckpt, "a", 6, system, opt, [], StageConfig(steps=6, batch=2, lr=1e-3), loss.semantic_head)
+    save_checkpoint(ckpt, "a", 6, system, torch.optim.Adam(params, lr=1e-3), [], StageConfig(steps=6, batch=2, lr=1e-3),
+                    loss.semantic_head)
     fresh = CodecLoss(system, 0, ("audio",), spectral=False, semantic=1.0).semantic_head
     assert not torch.equal(fresh.weight, loss.semantic_head.weight)
     step, _ = load_checkpoint(ckpt, "a", system, torch.optim.Adam(params, lr=1e-3), fresh)
@@ -106,14 +100,8 @@ def test_heard_head_learns_the_asked_word_and_only_scores_labelled_units():
     t = torch.rand(2, 16, generator=g)
     model = system.model.train()
     loss = BackboneLoss(model, heard_weight=1.0)
-    heard = []
-    opt = torch.optim.Adam(list(model.parameters()) + list(loss.heard_head.parameters()), lr=3e-3)
-    for _ in range(6):
-        total, parts = loss(data, na, nv, t)
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        heard.append(float(parts["heard"]))
+    heard = adam_steps(loss, list(model.parameters()) + list(loss.heard_head.parameters()), lambda: (data, na, nv, t),
+                       part="heard")
     assert heard[-1] < 0.7 * heard[0], heard
     hidden = torch.randn(2, 16, SPEECH.hidden)
     assert float(heard_loss(loss.heard_head, hidden, torch.full((2, 16), -1))) == 0.0

@@ -203,9 +203,11 @@ def lr_at(step: int, cfg: StageConfig) -> float:
 def run_loop(stage: str, system, loss_module: nn.Module, params, cfg: StageConfig, out: Path, world: World,
              batch_fn, resume: bool, label: str, step_offset: int = 0, history: list | None = None,
              extra: nn.Module | None = None) -> list:
-    """Adam over `params` for cfg.steps steps of `loss_module(*batch_fn(step, shard_positions))`;
-    checkpoints every cfg.checkpoint_every steps and at the end. Returns the loss history."""
+    """Adam over `params` (and a training-only `extra` module's, checkpointed beside the system) for
+    cfg.steps steps of `loss_module(*batch_fn(step, shard_positions))`; checkpoints every
+    cfg.checkpoint_every steps and at the end. Returns the loss history."""
     ckpt = out / f"stage_{stage}{'_' + label if label else ''}.ckpt.safetensors"
+    params = list(params) + (list(extra.parameters()) if extra is not None else [])
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     model = wrap(loss_module, world)
     start, history = 0, list(history or [])
@@ -293,8 +295,7 @@ def stage_a(out: Path, cfg: StageConfig, world: World, resume: bool, init: Path 
         vae = getattr(system, f"{codec}_vae")
         # only this codec: DDP sees no unused parameter; speech drops the spectral term (training/codecs.py)
         loss = CodecLoss(system, cfg.context_units, (codec,), spectral=task_of(p) != "speech", semantic=cfg.semantic)
-        params = list(vae.parameters()) + (list(loss.semantic_head.parameters()) if loss.semantic_head is not None else [])
-        history += run_loop("a", system, loss, params, loop_cfg, out, world, batch, resume, codec,
+        history += run_loop("a", system, loss, list(vae.parameters()), loop_cfg, out, world, batch, resume, codec,
                             step_offset=len(history), extra=loss.semantic_head)
     system.eval()
     if world.main:
@@ -390,8 +391,7 @@ def stage_b(out: Path, cfg: StageConfig, world: World, resume: bool, init: Path 
     loss = BackboneLoss(model, cfg.onset_weight, cfg.heard_weight)
     if loss.heard_head is not None and "heard" not in data:
         raise TrainError(f"{out / 'latents.safetensors'} has no heard-word labels: delete it to re-encode")
-    params = list(model.parameters()) + (list(loss.heard_head.parameters()) if loss.heard_head is not None else [])
-    history = run_loop("b", system, loss, params, cfg, out, world, batch, resume, "", extra=loss.heard_head)
+    history = run_loop("b", system, loss, list(model.parameters()), cfg, out, world, batch, resume, "", extra=loss.heard_head)
     model.eval()
     if world.main:
         save_weights(system, p, out / OUTPUTS["b"])

@@ -67,6 +67,8 @@ def test_semantic_head_lowers_its_term_and_is_checkpointed(tmp_path):
     save_checkpoint(headless, "a", 6, system, torch.optim.Adam(system.audio_vae.parameters()), [], StageConfig(steps=6, batch=2, lr=1e-3))
     with pytest.raises(TrainError, match="without this run's training-only head"):
         load_checkpoint(headless, "a", system, torch.optim.Adam(system.audio_vae.parameters()), fresh)
+    with pytest.raises(TrainError, match="with a training-only head this run does not have"):
+        load_checkpoint(ckpt, "a", system, torch.optim.Adam(system.audio_vae.parameters()))
 
 
 def test_heard_labels_mark_the_asked_word_from_the_question_end_through_its_answer():

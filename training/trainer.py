@@ -162,8 +162,11 @@ def load_checkpoint(path: Path, stage: str, system, optimizer, extra: nn.Module 
         raise TrainError(f"{path}: checkpoint of another preset or flow_steps than this run's")
     tensors = load_file(str(path))
     system.load_state_dict({k[len("weights."):]: v for k, v in tensors.items() if k.startswith("weights.")})
+    held = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+    if extra is None and held:
+        raise TrainError(f"{path}: checkpoint with a training-only head this run does not have (a run with "
+                         "--semantic or --heard-weight): resume with the same, or start without --resume")
     if extra is not None:
-        held = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
         if set(held) != set(extra.state_dict()):
             raise TrainError(f"{path}: checkpoint without this run's training-only head (a run with another "
                              "--semantic or --heard-weight): resume with the same, or start without --resume")

@@ -1,7 +1,7 @@
 """Can a backbone hear the user's word in an audio VAE's latents? A probe for the speech codec.
 
     python bench/word_probe.py --weights F [--weights G ...] [--label "what F is" ...] [--train 900]
-        [--heldout 300] [--steps 800] [--write docs/TRAINING.md]
+        [--heldout 300] [--steps 800] [--warp] [--write docs/TRAINING.md]
 
 The user's three questions ("red?", "green?", "blue?", training/spoken.py) are rendered in training
 voices (`--train` clips) and in held-out voices (`--heldout`: espeak variants never trained on), each at
@@ -14,7 +14,9 @@ training voices and scored on the held-out ones, on two inputs:
 - log-mel features of the same clips (40 bands, 60-7,600 Hz, 10 ms frames averaged to 40 ms): what a
   hand-made front end gets, the reference the latents are measured against.
 
-Chance is 1/3. `--write` replaces the marked section (`<!-- word probe: start/end -->`) of the file,
+With `--warp` each latent row is scored twice: probes trained on the training pool's voices as they are,
+and on training speakers as stage b's conversations make them (spoken.training_speaker: a pitch range of
+their own and a vocal-tract warp); the held-out clips are the same in both. Chance is 1/3. `--write` replaces the marked section (`<!-- word probe: start/end -->`) of the file,
 refused before anything runs when the file has no markers.
 """
 from __future__ import annotations
@@ -36,15 +38,18 @@ START, END = "<!-- word probe: start -->", "<!-- word probe: end -->"
 FRAMES = 16  # latent frames (40 ms) from the question's unit: 0.64 s, the longest question
 
 
-def clips(split: str, n: int, seed: int, samples_per_unit: int, on_clip=lambda: None) -> tuple[np.ndarray, np.ndarray]:
-    """n clips of 6 units, each one question in a voice of `split`: (audio float32 [n, 6 * S], word [n])."""
+def clips(split: str, n: int, seed: int, samples_per_unit: int, on_clip=lambda: None,
+          warp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """n clips of 6 units, each one question in a voice of `split` (with `warp`, a training speaker as
+    stage b makes it from that voice): (audio float32 [n, 6 * S], word [n])."""
     from training import speech, spoken
 
     pool, rng, s = speech.speakers(0, split), np.random.default_rng([seed, 0 if split == "train" else 1]), samples_per_unit
     audio, words = np.zeros((n, 6 * s), np.float32), np.zeros(n, np.int64)
     for i in range(n):
         voice, word = pool[int(rng.integers(len(pool)))], int(rng.integers(3))
-        q = speech.render(spoken.QUESTIONS[word], voice)
+        voice, w = spoken.training_speaker(voice, [seed, i]) if warp else (voice, 1.0)
+        q = spoken.warped(speech.render(spoken.QUESTIONS[word], voice), w)
         q = q * np.float32(np.exp(rng.uniform(np.log(0.08), np.log(0.8))) / np.abs(q).max())
         audio[i] = spoken.room_noise(rng, 6 * s, speech.SAMPLE_RATE)
         at = s + int(rng.integers(0, s // 2))
@@ -119,6 +124,8 @@ def main(argv=None) -> int:
     ap.add_argument("--heldout", type=int, default=300, help="clips in held-out voices (default 300)")
     ap.add_argument("--steps", type=int, default=800, help="Adam steps of each probe (default 800)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the clips")
+    ap.add_argument("--warp", action="store_true", help="also probe latents trained on warped training speakers "
+                    "(as stage b's conversations make them)")
     ap.add_argument("--write", type=Path, help="replace the marked section of this file with the table")
     args = ap.parse_args(argv)
     if args.write is not None:
@@ -147,17 +154,21 @@ def main(argv=None) -> int:
         print(f"--weights: expected weights of a speech preset (tiny-speech), got {', '.join(wrong)}", file=sys.stderr)
         return 2
     s = next(iter(presets.values())).samples_per_unit
-    bar = tqdm(total=args.train + args.heldout, desc="rendering the questions", unit="clip")
+    bar = tqdm(total=args.train * (1 + args.warp) + args.heldout, desc="rendering the questions", unit="clip")
     xtr, ytr = clips("train", args.train, args.seed, s, lambda: bar.update(1))
+    warped = clips("train", args.train, args.seed, s, lambda: bar.update(1), warp=True) if args.warp else None
     xte, yte = clips("heldout", args.heldout, args.seed, s, lambda: bar.update(1))
     bar.close()
     rows = [("log-mel features (40 bands, 40 ms)", *probe(logmel_features(xtr, s), ytr, logmel_features(xte, s), yte, args.steps))]
     for w, label in zip(args.weights, args.label or [f"`{w.name}` ({w.parent.name})" for w in args.weights]):
-        rows.append((f"audio latents of {label}",
-                     *probe(latent_features(w, xtr), ytr, latent_features(w, xte), yte, args.steps)))
+        test = latent_features(w, xte)
+        rows.append((f"audio latents of {label}", *probe(latent_features(w, xtr), ytr, test, yte, args.steps)))
+        if warped is not None:
+            rows.append((f"audio latents of {label}, probe trained on warped training speakers",
+                         *probe(latent_features(w, warped[0]), warped[1], test, yte, args.steps)))
     lines = [f"{args.train} clips in training voices, {args.heldout} in held-out voices (seed {args.seed}), probe "
              f"{args.steps} Adam steps; {platform.machine()}; `python bench/word_probe.py "
-             + " ".join(f"--weights {w}" for w in args.weights) + f" --train {args.train} --heldout {args.heldout}`"
+             + " ".join(f"--weights {w}" for w in args.weights) + f" --train {args.train} --heldout {args.heldout}" + " --warp" * args.warp + "`"
              + " (labels: --label)." * bool(args.label),
              "", "| features | train voices | held-out voices (chance 0.33) |", "|---|---:|---:|"]
     lines += [f"| {name} | {a:.3f} | {b:.3f} |" for name, a, b in rows]

@@ -40,6 +40,8 @@ def add_parsers(sub) -> None:
                        "default 1: the backbone hears words across voices; tiny 0)")
     train.add_argument("--heard-weight", type=float, help="stage b: weight of the training-only heard-word term "
                        "(tiny-speech default 0.5; tiny 0)")
+    train.add_argument("--in-noise", type=float, help="stage b: scale of the per-conversation perturbation of the "
+                       "user's audio latents (training/trainer.py perturb_heard; tiny-speech default 0.2; tiny 0)")
     train.add_argument("--reinit", action="store_true", help="stage a with --init: restart the trained codecs from seeded weights")
     train.add_argument("--seed", type=int, default=0, help="seed of the batches and of every random draw")
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default 1)")
@@ -105,6 +107,10 @@ def train_command(args) -> int:
                 if not 0 <= value <= 100:
                     raise ValueError(f"{flag}: expected a weight in [0, 100], got {value}")
                 changes[field] = value
+        if stage == "b" and args.in_noise is not None:
+            if not 0 <= args.in_noise <= 2:
+                raise ValueError(f"--in-noise: expected a scale in [0, 2], got {args.in_noise}")
+            changes["in_noise"] = args.in_noise
         cfg = replace(cfg, seed=args.seed, **changes)
         if cfg.batch % world.size:
             raise ValueError(f"batch {cfg.batch} must be a multiple of the {world.size} processes")

@@ -1,5 +1,7 @@
 """Speech made here (training/speech.py), the spoken colour conversation (training/spoken.py) and the
 word recognizer of the model's answers (training/recognizer.py)."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -128,8 +130,8 @@ def test_conversation_is_seeded_and_consistent(tiny, conversations):
     c, again = conversations[0], spoken.make_spoken(150, 0, "train")
     for name in ("user_audio", "model_audio", "words", "user_speaking", "model_speaking", "shown"):
         np.testing.assert_array_equal(getattr(c, name), getattr(again, name))
-    assert c.speaker == again.speaker and c.speaker in set(speech.speakers(0, "train"))
-    assert conversations[1].speaker in set(speech.speakers(0, "heldout"))
+    assert c.speaker == again.speaker and replace(c.speaker, range=50) in set(speech.speakers(0, "train"))
+    assert conversations[1].speaker in set(speech.speakers(0, "heldout")) and conversations[1].warp == 1.0
     assert not np.array_equal(c.user_audio, spoken.make_spoken(150, 2, "train").user_audio)
     units = list(c)
     assert len(units) == 150 and units[0][0].shape == (3840,) and units[0][1].shape == (3840,)
@@ -282,3 +284,30 @@ def test_planted_mutations_are_caught(recognizer, conversations, monkeypatch):
            f"(noisy targets) {acc_voice:.3f} against {acc:.3f}, DTW without warping {acc_diagonal:.3f}")
     assert acc_shuffled <= 0.05 and acc_voice <= 0.8 and acc_diagonal <= 0.85
     assert acc >= 0.9
+
+
+def test_training_speakers_are_warped_and_held_out_ones_never():
+    """A training conversation's speaker is a pool voice with a pitch range and a vocal-tract warp of its
+    own (more speakers than the pool holds); a held-out one is the pool voice exactly, unwarped."""
+    train = [spoken.make_spoken(12, 1_000_000 + s, "train") for s in range(40)]
+    held = [spoken.make_spoken(12, 100_000 + s, "heldout") for s in range(10)]
+    lo, hi = spoken.PITCH_RANGES
+    assert all(lo <= c.speaker.range <= hi for c in train) and len({c.speaker.range for c in train}) > 20
+    warps = np.array([c.warp for c in train])
+    assert spoken.WARP_RANGE[0] <= warps.min() < 0.95 and 1.08 < warps.max() <= spoken.WARP_RANGE[1]
+    assert all(c.warp == 1.0 and c.speaker in set(speech.speakers(0, "heldout")) for c in held)
+    # the speaker draws are a stream of their own: the pool voice is the one an unwarped draw picks
+    again = spoken.make_spoken(12, 1_000_007, "train")
+    assert again.speaker == train[7].speaker and again.warp == train[7].warp
+
+
+def test_warp_plays_faster_pitch_and_formants_together():
+    """warped(x, w): x played w times as fast, so a 200 Hz tone becomes 200 w Hz and lasts 1 / w as long."""
+    sr, f = speech.SAMPLE_RATE, 200.0
+    x = np.sin(2 * np.pi * f * np.arange(sr) / sr).astype(np.float32)
+    for w in (0.85, 1.18):
+        y = spoken.warped(x, w)
+        assert abs(len(y) - len(x) / w) <= 2
+        peak = np.argmax(np.abs(np.fft.rfft(y * np.hanning(len(y))))) * sr / len(y)
+        assert abs(peak - f * w) < 3, (w, peak)
+    assert spoken.warped(x, 1.0) is x

@@ -51,7 +51,7 @@ def test_semantic_head_lowers_its_term_and_is_checkpointed(tmp_path):
     eps = torch.zeros(2, 4, SPEECH.audio_z)
     loss = CodecLoss(system, 0, ("audio",), spectral=False, semantic=1.0)
     params = list(system.audio_vae.parameters()) + list(loss.semantic_head.parameters())
-    mel = adam_steps(loss, params, lambda: (wave, None, eps, None), lr=1e-3, part="audio_mel")
+    mel = adam_steps(loss, params, lambda: (wave, None, eps, None), steps=12, lr=1e-3, part="audio_mel")
     assert mel[-1] < 0.8 * mel[0], mel
     plain = CodecLoss(system, 0, ("audio",), spectral=False)
     assert plain.semantic_head is None and "audio_mel" not in plain(wave, None, eps, None)[1]
@@ -142,12 +142,13 @@ def test_word_probe_bench_writes_its_section_and_refuses_bad_input(tmp_path):
     doc = tmp_path / "doc.md"
     doc.write_text("before\n<!-- word probe: start -->\nold\n<!-- word probe: end -->\nafter\n")
     shipped = str(embedded_weights("tiny-speech"))
-    done = run("--weights", shipped, "--train", "12", "--heldout", "6", "--steps", "5", "--write", str(doc))
+    done = run("--weights", shipped, "--train", "12", "--heldout", "6", "--steps", "5", "--warp", "--write", str(doc))
     assert done.returncode == 0, done.stderr[-2000:]
     text = doc.read_text()
     assert text.startswith("before\n<!-- word probe: start -->\n12 clips") and text.endswith("<!-- word probe: end -->\nafter\n")
-    rows = re.findall(r"^\| (log-mel|audio latents)[^|]*\| ([0-9.]+) \| ([0-9.]+) \|$", text, re.M)
-    assert [r[0] for r in rows] == ["log-mel", "audio latents"] and all(0 <= float(x) <= 1 for r in rows for x in r[1:])
+    rows = re.findall(r"^\| (log-mel|audio latents)([^|]*)\| ([0-9.]+) \| ([0-9.]+) \|$", text, re.M)
+    assert [r[0] for r in rows] == ["log-mel", "audio latents", "audio latents"] and "warped" in rows[2][1]
+    assert all(0 <= float(x) <= 1 for r in rows for x in r[2:]) and "--warp`" in text
     doc.write_text("no markers\n")
     refused = run("--weights", shipped, "--write", str(doc))
     assert refused.returncode != 0 and "<!-- word probe: start -->" in refused.stderr and doc.read_text() == "no markers\n"

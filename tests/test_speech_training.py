@@ -6,6 +6,7 @@ import copy
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def test_task_of_presets_and_voice_split(held_out):
 
     assert all(c.spoken.split == "heldout" and c.spoken.speaker in speakers(0, "heldout") for c in held_out)
     train = conversation(SPEECH, 16, 1_000_003)
-    assert train.spoken.split == "train" and train.spoken.speaker in speakers(0, "train")
+    assert train.spoken.split == "train" and replace(train.spoken.speaker, range=50) in speakers(0, "train")
     c = held_out[0]
     assert c.user_audio.shape == (48 * 3840,) and c.user_frames.shape == (192, 32, 32, 3) and c.text.shape == (48, 2)
 
@@ -227,3 +228,41 @@ def test_answer_onsets_weigh_more_in_the_lm_loss():
     onset, later = float(lm_loss(wrong_at(1), text, 10.0)) - base, float(lm_loss(wrong_at(2), text, 10.0)) - base
     assert onset > 9 * later > 0, (onset, later)
     assert stage_defaults("tiny-speech", "b").onset_weight == 10.0 and stage_defaults("tiny", "b").onset_weight == 1.0
+
+
+def test_latents_cache_key_follows_the_conversation_generator(monkeypatch):
+    """Stage b's cached latents are keyed by the generator's version: training conversations made by a
+    changed generator (spoken.VERSION) are re-encoded, never read from a stale cache."""
+    from model_src.system import build_system
+    from training import spoken, trainer
+
+    system, cfg = build_system(SPEECH, seed=1), trainer.stage_defaults("tiny-speech", "b")
+    key = trainer._codec_key(system, cfg)
+    assert trainer._codec_key(system, cfg) == key
+    monkeypatch.setattr(spoken, "VERSION", spoken.VERSION + 1)
+    assert trainer._codec_key(system, cfg) != key
+
+
+def test_heard_latents_are_perturbed_per_conversation_only_where_configured():
+    """perturb_heard: a per-sample gain and shift of each channel (the same in every unit) plus per-frame
+    noise, drawn per global index (so processes split a batch without changing it); scale 0 is the
+    identity, and the trainer perturbs only the user's audio latents, only when `in_noise` says so."""
+    from training.trainer import _conversation_batch, perturb_heard, stage_defaults
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 6, 4, SPEECH.audio_z, generator=g)
+    assert torch.equal(perturb_heard(z, 0.0, 0, 0, np.arange(3)), z)
+    big = perturb_heard(torch.zeros(3, 6, 4, SPEECH.audio_z), 1.0, 0, 0, np.arange(3))  # shift + noise only
+    per_conversation = big.mean((1, 2))
+    assert per_conversation.std() > 0.5 and (big - big.mean((1, 2), keepdim=True)).std() < 0.7
+    both = perturb_heard(z, 0.2, 4, 7, np.arange(3))
+    np.testing.assert_array_equal(perturb_heard(z[1:], 0.2, 4, 7, np.arange(1, 3)).numpy(), both[1:].numpy())
+    assert 0.05 < (both - z).std() < 0.5
+    data = {"audio_out": torch.randn(2, 6, 4, SPEECH.audio_z, generator=g), "video_out": torch.randn(2, 6, 16, 4, 4, generator=g),
+            "audio_in": z[:2].clone(), "video_in": torch.zeros(2, 6, 16, 4, 4), "text": torch.ones(2, 6, 2, dtype=torch.int64)}
+    cfg = stage_defaults("tiny-speech", "b")
+    assert cfg.in_noise == 0.2 and stage_defaults("tiny", "b").in_noise == 0 and stage_defaults("tiny-speech", "c").in_noise == 0
+    plain, *_ = _conversation_batch(data, replace(cfg, in_noise=0.0), 0, np.arange(2), SPEECH, lambda pos, n: None)
+    noisy, *_ = _conversation_batch(data, replace(cfg, in_noise=0.2), 0, np.arange(2), SPEECH, lambda pos, n: None)
+    assert not torch.equal(noisy["audio_in"], plain["audio_in"]) and torch.equal(noisy["audio_out"], plain["audio_out"])
+    assert torch.equal(noisy["video_in"], plain["video_in"]) and torch.equal(data["audio_in"], z[:2])

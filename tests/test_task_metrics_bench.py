@@ -58,7 +58,7 @@ def test_speech_table_has_its_columns_markers_and_a_failed_row():
     row = text[5]
     assert "failed: RuntimeError: build \\| failed" in row
     assert row.count(" | ") == text[3].count(" | ")
-    assert "unasked <= 0.05" in text[-2] and "words >= 0.5" in text[-2]
+    assert "unasked <= 0.05" in text[-2] and "words >= 0.65" in text[-2]
 
 
 def test_a_failed_row_is_reported_and_the_table_written(tmp_path):

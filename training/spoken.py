@@ -4,7 +4,11 @@ numpy per 160 ms unit, independent of the trainer.
 - **The user asks** a colour word, "red?", "green?" or "blue?", in one speaker's voice (one speaker per
   conversation, drawn from `speech.speakers(speaker_seed, split)`: held-out conversations use voices
   never trained on), starting anywhere in the first half of a unit, while showing a square of one of the
-  3 colours (from the question's first unit to its last). Each question has its own loudness (peak
+  3 colours (from the question's first unit to its last). A training speaker is a pool voice made into
+  more speakers than the pool holds: a pitch range of its own (espeak's 10-90; held-out voices keep 50)
+  and a vocal-tract warp (every question played WARP_RANGE times as fast, log-uniform, by resampling:
+  pitch, formants and pace together, as speed perturbation does for speech recognizers); held-out
+  speakers are never warped. Each question has its own loudness (peak
   0.08-0.8) and, half the time, a little room reverb; the whole conversation has its own room noise
   (a white floor, often a low rumble, sometimes mains hum).
 - **The model answers in the first pause**, from the first unit in which the user is silent: "yes" when
@@ -38,6 +42,9 @@ WORDS = {SIL: "_", **dict(zip(WORD_IDS, ANSWER_WORDS))}
 BARGE_IN = 0.30  # the next question starts inside the answer
 PAUSES = ((0.55, 1, 3), (0.30, 4, 12), (0.15, 13, 80))  # (probability, fewest, most units)
 MOUTH_FULL_RMS = 0.25  # the model's 40 ms loudness at which its mouth is fully open
+WARP_RANGE = (0.85, 1.18)  # training speakers: questions played this many times as fast (log-uniform)
+PITCH_RANGES = (10, 90)  # training speakers: espeak's pitch range (held-out speakers keep Voice's 50)
+VERSION = 2  # of the generator (2: training speakers warped); part of stage b's latents cache key
 
 
 @dataclass
@@ -58,7 +65,7 @@ class SpokenConversation:
 
     seed: int
     split: str
-    speaker: speech.Voice
+    speaker: speech.Voice  # the voice the user speaks in (a training speaker's pitch range is its own)
     user_audio: np.ndarray  # [U, S] float32: what the user's microphone hears
     model_audio: np.ndarray  # [U, S] float32: the target answer audio (zeros when silent)
     words: np.ndarray  # [U] int64: the target word's text id in every answer unit, SIL elsewhere
@@ -68,6 +75,7 @@ class SpokenConversation:
     shown: np.ndarray  # [U] int64: colour index of the square shown, -1 when none
     turns: list[Turn] = field(default_factory=list)
     barge_ins: list[int] = field(default_factory=list)  # units where a question starts inside an answer
+    warp: float = 1.0  # the speaker's vocal-tract warp: questions played this many times as fast
 
     @property
     def units(self) -> int:
@@ -146,6 +154,23 @@ def reverb(rng: np.random.Generator, x: np.ndarray, sample_rate: int) -> np.ndar
     return speech.trim(fftconvolve(x, tail)).astype(np.float32)
 
 
+def training_speaker(voice: speech.Voice, seed) -> tuple[speech.Voice, float]:
+    """A training speaker made from the pool voice `voice` for the conversation `seed`: (the voice with a
+    pitch range of its own, the warp), from a stream of its own (the conversation's other draws do not
+    move when the speakers change)."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng([*(seed if isinstance(seed, (list, tuple)) else [seed]), 29])
+    voice = replace(voice, range=int(rng.integers(PITCH_RANGES[0], PITCH_RANGES[1] + 1)))
+    return voice, _loguniform(rng, *WARP_RANGE)
+
+
+def warped(x: np.ndarray, warp: float) -> np.ndarray:
+    """x [n] played `warp` times as fast (float32 [~n / warp]): resampled by the nearest p/100."""
+    down = int(round(100 * warp))
+    return x if down == 100 else speech.resample(x, down, 100)
+
+
 def make_spoken(units: int, seed, split: str = "train", speaker_seed: int = 0,
                 samples_per_unit: int = SAMPLES_PER_UNIT) -> SpokenConversation:
     """The spoken conversation of `seed` (an int or a list of ints), `units` units of `samples_per_unit`
@@ -157,7 +182,9 @@ def make_spoken(units: int, seed, split: str = "train", speaker_seed: int = 0,
     s, sr = samples_per_unit, speech.SAMPLE_RATE
     rng = np.random.default_rng([*(seed if isinstance(seed, (list, tuple)) else [seed]), 23])
     pool = speech.speakers(speaker_seed, split)
-    speaker = pool[int(rng.integers(len(pool)))]
+    speaker, warp = pool[int(rng.integers(len(pool)))], 1.0
+    if split == "train":
+        speaker, warp = training_speaker(speaker, seed)
     user = room_noise(rng, units * s, sr)
     model = np.zeros(units * s, np.float32)
     user_speaking = np.zeros(units, bool)
@@ -166,7 +193,7 @@ def make_spoken(units: int, seed, split: str = "train", speaker_seed: int = 0,
     k = _pause(rng)
     while k < units:
         asked, colour = int(rng.integers(3)), int(rng.integers(3))
-        question = speech.render(QUESTIONS[asked], speaker)
+        question = warped(speech.render(QUESTIONS[asked], speaker), warp)
         question = question * np.float32(_loguniform(rng, 0.08, 0.8) / np.abs(question).max())
         if rng.random() < 0.5:
             question = reverb(rng, question, sr)
@@ -198,7 +225,7 @@ def make_spoken(units: int, seed, split: str = "train", speaker_seed: int = 0,
     words = np.where(model_speaking, np.array(WORD_IDS)[np.maximum(answer_of, 0)], SIL).astype(np.int64)
     barge_ins = [t.start for t in turns[1:] if t.start > 0 and model_speaking[t.start - 1]]
     return SpokenConversation(seed, split, speaker, np.clip(user, -1, 1).reshape(units, s), model.reshape(units, s),
-                              words, user_speaking, model_speaking, answer_of, shown, turns, barge_ins)
+                              words, user_speaking, model_speaking, answer_of, shown, turns, barge_ins, warp)
 
 
 def describe(c: SpokenConversation) -> list[str]:

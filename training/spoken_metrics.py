@@ -32,9 +32,10 @@ from .turn_tally import TurnTally, task_score
 ACTIVE_RMS = 0.012
 SCORE_PARTS = ("text", "words", "face", "turn", "sync")
 # what the shipped tiny-speech weights must reach through the ONNX Runtime engines on held-out voices
-# (docs/TRAINING.md "The speech model": they reach words 0.67 and text 0.83 over 12 held-out
-# conversations, below the goals GOALS; these thresholds hold what they do reach, so a regression fails)
-THRESHOLDS = {"words": 0.50, "text": 0.75, "turn": 0.90, "barge_in_units": 1.0, "overlap": 0.05, "unasked": 0.05}
+# (the CI check's 4 held-out conversations: they reach words 0.778 of 9 answers, text 0.906, turn 0.982;
+# over 40 conversations words 0.867 and text 0.923, docs/TRAINING.md "The speech model"): one answer
+# below what they reach, so a regression anywhere in export, quantization or streaming fails
+THRESHOLDS = {"words": 0.65, "text": 0.85, "turn": 0.95, "barge_in_units": 1.0, "overlap": 0.05, "unasked": 0.05}
 GOALS = {"words": 0.80, "text": 0.90, "barge_in_units": 1.0, "overlap": 0.05, "unasked": 0.05}  # issue 23
 LONG_PAUSE_UNITS = 8  # units after the last question or answer from which a pause counts as long
 

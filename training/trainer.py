@@ -53,6 +53,7 @@ class StageConfig:
     video_from: str = ""  # stage a: a weights file (or "shipped:PRESET") whose video VAE this one starts from
     prev_noise: bool = False  # stages b, c: mix each unit's previous latents towards noise (losses.teacher_forced_inputs)
     heard_weight: float = 0.0  # stage b: weight of the training-only heard-word term (training/losses.py heard_loss)
+    in_noise: float = 0.0  # stage b: the user's audio latents perturbed per conversation at this scale (perturb_heard)
     onset_weight: float = 1.0  # stages b, c: weight of an answer's first text token in the LM loss (losses.lm_loss)
     conversations: int = 96  # stages b, c: training conversations
     units: int = 40  # stages b, c: units per conversation
@@ -72,12 +73,13 @@ DEFAULTS = {
 # unheard voices are understood); stage b's steps are the total of the phases that made the first
 # shipped weights (700 + 450 + 600 + 600, docs/TRAINING.md), in one run; the audio latents must hold
 # the log-mel spectrum (semantic) and the backbone must name the word it heard (heard_weight): both
-# training-only terms, docs/TRAINING.md "the latents must carry the words"
+# training-only terms, docs/TRAINING.md "the latents must carry the words"; the user's audio latents are
+# perturbed per conversation (in_noise) so that no training speaker can be learned by heart
 PRESET_DEFAULTS = {"tiny-speech": {
     "a": replace(DEFAULTS["a"], steps=300, lr=1e-3, audio_steps=2400, audio_lr=1e-3, clip_units=2, semantic=SEMANTIC_WEIGHT,
                  video_from="shipped:tiny"),
     "b": replace(DEFAULTS["b"], steps=2350, lr=2e-3, conversations=1280, units=24, prev_noise=True, onset_weight=10.0,
-                 heard_weight=0.5),
+                 heard_weight=0.5, in_noise=0.2),
     "c": replace(DEFAULTS["c"], conversations=1280, units=24, prev_noise=True, onset_weight=10.0),
 }}
 
@@ -331,7 +333,8 @@ def warm_start_video(system, source: str) -> None:
 
 def training_latents(system, out: Path, cfg: StageConfig, world: World) -> dict[str, torch.Tensor]:
     """The training conversations encoded by the stage-a codecs, cached in OUT/latents.safetensors
-    (keyed by the codecs' weights and the sizes, so a retrained codec re-encodes)."""
+    (keyed by the codecs' weights, the sizes and the conversation generator's version, so a retrained
+    codec or a changed generator re-encodes)."""
     from safetensors.torch import load_file, save_file
 
     key = _codec_key(system, cfg)
@@ -355,7 +358,9 @@ def _codec_key(system, cfg: StageConfig) -> str:
     for name, t in sorted({**system.audio_vae.state_dict(), **system.video_vae.state_dict()}.items()):
         h.update(name.encode())
         h.update(t.detach().contiguous().numpy().tobytes())
-    h.update(f"{cfg.conversations} {cfg.units} {system.preset.to_json()} heard".encode())
+    from .spoken import VERSION as SPOKEN_VERSION
+
+    h.update(f"{cfg.conversations} {cfg.units} {system.preset.to_json()} heard spoken/{SPOKEN_VERSION}".encode())
     return h.hexdigest()
 
 
@@ -377,7 +382,20 @@ def _conversation_batch(data, cfg: StageConfig, step: int, positions, p, draw_t)
         mix[:, 0] = 0.0  # unit 0's previous latents are a session's zeros, exactly
         batch.update(prev_mix=mix, prev_noise_audio=sample_randn(cfg.seed, step, positions, (u, p.audio_frames_per_unit, p.audio_z), 9),
                      prev_noise_video=sample_randn(cfg.seed, step, positions, (u, p.video_z, p.latent_height, p.latent_width), 10))
+    if cfg.in_noise > 0:
+        batch["audio_in"] = perturb_heard(batch["audio_in"], cfg.in_noise, cfg.seed, step, positions)
     return batch, na, nv, draw_t(positions, u)
+
+
+def perturb_heard(audio_in: torch.Tensor, scale: float, seed: int, step: int, positions) -> torch.Tensor:
+    """The user's audio latents [B, U, A, Za] as another microphone and speaker might give them: per
+    sample, each channel scaled by 1 + scale * g and shifted by scale * b (g, b ~ N(0, 1), the same
+    through the conversation), plus N(0, (scale / 2)^2) per frame; drawn per (seed, step, global index)."""
+    za = audio_in.shape[-1]
+    gain = sample_randn(seed, step, positions, (za,), 11)[:, None, None, :]
+    shift = sample_randn(seed, step, positions, (za,), 12)[:, None, None, :]
+    noise = sample_randn(seed, step, positions, tuple(audio_in.shape[1:]), 13)
+    return audio_in * (1 + scale * gain) + scale * shift + 0.5 * scale * noise
 
 
 def stage_b(out: Path, cfg: StageConfig, world: World, resume: bool, init: Path | None):

@@ -101,16 +101,14 @@ def train_command(args) -> int:
                 changes["audio_steps"] = args.audio_steps
             if args.video_from is not None:
                 changes["video_from"] = args.video_from
-        for flag, field, for_stage in (("--semantic", "semantic", "a"), ("--heard-weight", "heard_weight", "b")):
+        for flag, field, for_stage, what, hi in (("--semantic", "semantic", "a", "weight", 100),
+                                                 ("--heard-weight", "heard_weight", "b", "weight", 100),
+                                                 ("--in-noise", "in_noise", "b", "scale", 2)):
             value = getattr(args, field)
             if stage == for_stage and value is not None:
-                if not 0 <= value <= 100:
-                    raise ValueError(f"{flag}: expected a weight in [0, 100], got {value}")
+                if not 0 <= value <= hi:
+                    raise ValueError(f"{flag}: expected a {what} in [0, {hi}], got {value}")
                 changes[field] = value
-        if stage == "b" and args.in_noise is not None:
-            if not 0 <= args.in_noise <= 2:
-                raise ValueError(f"--in-noise: expected a scale in [0, 2], got {args.in_noise}")
-            changes["in_noise"] = args.in_noise
         cfg = replace(cfg, seed=args.seed, **changes)
         if cfg.batch % world.size:
             raise ValueError(f"batch {cfg.batch} must be a multiple of the {world.size} processes")

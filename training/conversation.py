@@ -100,9 +100,14 @@ def model_turns(user_speaking: np.ndarray, turns) -> tuple[np.ndarray, np.ndarra
     return speaking, answer
 
 
+def seed_stream(seed, stream: int) -> np.random.Generator:
+    """The random stream `stream` of the conversation `seed` (an int or a list of ints)."""
+    return np.random.default_rng([*(seed if isinstance(seed, (list, tuple)) else [seed]), stream])
+
+
 def make_conversation(spec, units: int, seed) -> Conversation:
     """The conversation of `seed` (an int, or a list of ints), `units` units long, at the sizes of `spec` (a preset or a unit spec)."""
-    rng = np.random.default_rng([*(seed if isinstance(seed, (list, tuple)) else [seed]), 14])
+    rng = seed_stream(seed, 14)
     s, f, sr = spec.samples_per_unit, spec.frames_per_unit, spec.sample_rate
     turns = schedule(rng, units)
     user_speaking = np.zeros(units, bool)

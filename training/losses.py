@@ -53,6 +53,14 @@ def lm_loss(logits: torch.Tensor, text: torch.Tensor, onset_weight: float = 1.0)
 HEARD_CLASSES = 3  # the words a user asks (training/spoken.py QUESTIONS)
 
 
+def training_head(n_in: int, n_out: int) -> nn.Linear:
+    """A training-only Linear(n_in, n_out), seeded apart from the global RNG: the same head in every run
+    and process, and the draws of everything built after it do not move."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return nn.Linear(n_in, n_out)
+
+
 def heard_loss(head: nn.Module, hidden: torch.Tensor, heard: torch.Tensor) -> torch.Tensor:
     """Stage b's heard-word term: cross-entropy of `head` (Linear(hidden, 3)) on hidden [B, U, H], the
     state that predicts each unit's first text token, against heard [B, U] (the word the user asked,
@@ -78,11 +86,8 @@ class BackboneLoss(nn.Module):
     def __init__(self, model, onset_weight: float = 1.0, heard_weight: float = 0.0) -> None:
         super().__init__()
         self.model, self.onset_weight, self.heard_weight = model, onset_weight, heard_weight
-        self.heard_head = None
-        if heard_weight > 0:  # training-only: checkpointed with the stage, never part of the system
-            with torch.random.fork_rng():
-                torch.manual_seed(0)
-                self.heard_head = nn.Linear(model.preset.hidden, HEARD_CLASSES)
+        # training-only: checkpointed with the stage, never part of the system
+        self.heard_head = training_head(model.preset.hidden, HEARD_CLASSES) if heard_weight > 0 else None
 
     def forward(self, batch, noise_audio, noise_video, t):
         m = self.model
@@ -147,11 +152,7 @@ class CodecLoss(nn.Module):
         super().__init__()
         self.spectral = spectral  # the audio loss's log-STFT term (off for speech: training/codecs.py)
         self.semantic = semantic
-        self.semantic_head = None
-        if semantic > 0 and "audio" in codecs:
-            with torch.random.fork_rng():  # the same head in every run and process
-                torch.manual_seed(0)
-                self.semantic_head = nn.Linear(system.preset.audio_z, MEL_BANDS + 1)
+        self.semantic_head = training_head(system.preset.audio_z, MEL_BANDS + 1) if semantic > 0 and "audio" in codecs else None
         for codec in ("audio", "video"):  # only the trained codecs are submodules: DDP then sees no unused
             setattr(self, f"{codec}_vae", getattr(system, f"{codec}_vae") if codec in codecs else None)
         self.context = context_units

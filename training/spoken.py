@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import speech
-from .conversation import COLOUR_NAMES, COLOUR_WORDS, FACE_COLOURS, FACE_SKIN, SIL, USER_BACKGROUND, USER_COLOURS, render_faces
+from .conversation import (COLOUR_NAMES, COLOUR_WORDS, FACE_COLOURS, FACE_SKIN, SIL, USER_BACKGROUND, USER_COLOURS, render_faces,
+                           seed_stream)
 
 SAMPLES_PER_UNIT = 3840  # 160 ms at 24 kHz
 QUESTIONS = tuple(f"{name}?" for name in COLOUR_NAMES)  # what the user asks: index = the colour asked
@@ -160,7 +161,7 @@ def training_speaker(voice: speech.Voice, seed) -> tuple[speech.Voice, float]:
     move when the speakers change)."""
     from dataclasses import replace
 
-    rng = np.random.default_rng([*(seed if isinstance(seed, (list, tuple)) else [seed]), 29])
+    rng = seed_stream(seed, 29)
     voice = replace(voice, range=int(rng.integers(PITCH_RANGES[0], PITCH_RANGES[1] + 1)))
     return voice, _loguniform(rng, *WARP_RANGE)
 
@@ -180,7 +181,7 @@ def make_spoken(units: int, seed, split: str = "train", speaker_seed: int = 0,
     if not isinstance(samples_per_unit, int) or samples_per_unit < 480:
         raise ValueError(f"samples_per_unit: expected an int of at least 480 (20 ms at 24 kHz), received {samples_per_unit!r}")
     s, sr = samples_per_unit, speech.SAMPLE_RATE
-    rng = np.random.default_rng([*(seed if isinstance(seed, (list, tuple)) else [seed]), 23])
+    rng = seed_stream(seed, 23)
     pool = speech.speakers(speaker_seed, split)
     speaker, warp = pool[int(rng.integers(len(pool)))], 1.0
     if split == "train":

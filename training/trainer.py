@@ -135,7 +135,8 @@ def wrap(module: nn.Module, world: World) -> nn.Module:
 # --- checkpoints ---------------------------------------------------------------------------------------------
 def save_checkpoint(path: Path, stage: str, step: int, system, optimizer, history: list, cfg: StageConfig,
                     extra: nn.Module | None = None) -> None:
-    """The system's weights, a training-only `extra` module's (stage a's semantic head), Adam's state."""
+    """The system's weights, a training-only `extra` module's (stage a's semantic head, stage b's
+    heard-word head), Adam's state."""
     from safetensors.torch import save_file
 
     tensors = {f"weights.{k}": v.detach().clone().contiguous() for k, v in system.state_dict().items()}
